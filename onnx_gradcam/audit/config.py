@@ -1,0 +1,145 @@
+"""What an audit run is asked to do, and the model it runs, prepared once on the driver."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..cam.reference import normalize_method
+from ..errors import InputError
+from ..labels import load_labels
+from ..preprocess import Preprocess
+from .decode import DEFAULT_MAX_PIXELS
+
+SAVE_CHOICES = ("overlays", "heatmaps")
+OVERLAY_FORMATS = ("jpg", "png")
+
+
+@dataclass
+class AuditConfig:
+    """The settings of one `onnx-gradcam audit` run (the CLI flags, as Python values)."""
+
+    model: Union[str, os.PathLike]
+    inputs: Sequence[str]
+    out_dir: Union[str, os.PathLike]
+    device: str = "cpu"
+    batch_size: int = 32
+    method: str = "gradcam"
+    target_class: Optional[Union[int, str]] = None  # index or class name; None: each image's top class
+    labels_file: Optional[Union[str, os.PathLike]] = None
+    save: frozenset = field(default_factory=frozenset)  # subset of SAVE_CHOICES
+    workers: int = 0  # decoding threads (actors with Ray); 0: one per CPU core, at most 8
+    csv: bool = False
+    ray: bool = False
+    ray_address: Optional[str] = None
+    preprocess: Optional[Union[str, dict, Preprocess]] = None  # 'imagenet', 'none', JSON text/file, dict
+    target: str = "auto"  # target tensor when the model is not augmented yet
+    overlay_format: str = "jpg"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    report: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.save = frozenset(self.save)
+        unknown = self.save - set(SAVE_CHOICES)
+        if unknown:
+            raise InputError(f"--save takes {', '.join(SAVE_CHOICES)}; got {', '.join(sorted(unknown))}")
+        if self.overlay_format not in OVERLAY_FORMATS:
+            raise InputError(f"overlay format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
+        if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1:
+            raise InputError("--batch and --max-pixels must be positive and --workers not negative")
+        self.method = normalize_method(self.method)
+        if not self.workers:
+            self.workers = max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass
+class AuditModel:
+    """The augmented model as bytes (what Ray actors receive), its preprocessing, labels and fingerprint."""
+
+    model_bytes: bytes
+    preprocess: Preprocess
+    labels: Optional[list[str]]
+    target_class: Optional[int]
+    sha256: str
+
+    def settings(self, config: AuditConfig) -> dict:
+        """What must be equal for a rerun to resume this run rather than mix two different audits."""
+        return {"model_sha256": self.sha256, "method": config.method, "target_class": self.target_class,
+                "preprocess": self.preprocess.to_dict(), "save": sorted(config.save),
+                "overlay_format": config.overlay_format, "max_pixels": config.max_pixels}
+
+
+def prepare_model(config: AuditConfig) -> AuditModel:
+    """Load MODEL (augmenting a plain one), resolve preprocessing, labels and --class; errors are usage errors."""
+    from ..graph.augment import augment, augmented_metadata
+    from ..graph.io import load_model
+
+    path = Path(config.model)
+    proto = load_model(path)
+    if "target" not in augmented_metadata(proto):
+        print(f"{path} is a plain model: augmenting it (target {config.target})", file=sys.stderr)
+        proto = augment(proto, target=config.target)
+    metadata = augmented_metadata(proto)
+    preprocess = parse_preprocess(config.preprocess)
+    if preprocess is None and "preprocess" in metadata:
+        preprocess = Preprocess.from_dict(json.loads(metadata["preprocess"]))
+    if preprocess is None:
+        print("the model records no preprocessing: using ImageNet mean/std (pass --preprocess to change)",
+              file=sys.stderr)
+        preprocess = Preprocess.imagenet()
+    if preprocess.size is None:
+        preprocess = _with_model_size(preprocess, metadata)
+    labels = load_labels(config.labels_file)
+    data = proto.SerializeToString()
+    return AuditModel(model_bytes=data, preprocess=preprocess, labels=labels,
+                      target_class=resolve_class(config.target_class, labels),
+                      sha256=hashlib.sha256(data).hexdigest())
+
+
+def _with_model_size(preprocess: Preprocess, metadata: dict) -> Preprocess:
+    shape = json.loads(metadata.get("input_shape", "[]"))
+    layout = metadata.get("input_layout", "NCHW")
+    dims = shape[1:3] if layout == "NHWC" else shape[2:4]
+    if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+        raise InputError("the model input has no fixed height and width: give the size in --preprocess, "
+                         "e.g. --preprocess '{\"size\": [224, 224], \"mean\": [0.485, 0.456, 0.406], "
+                         "\"std\": [0.229, 0.224, 0.225]}'")
+    return Preprocess.from_dict({**preprocess.to_dict(), "size": dims})
+
+
+def parse_preprocess(value) -> Optional[Preprocess]:
+    """A Preprocess from 'imagenet', 'none', a JSON string or file, a dict, or None."""
+    if value is None or isinstance(value, Preprocess):
+        return value
+    if isinstance(value, dict):
+        return Preprocess.from_dict(value)
+    if value == "imagenet":
+        return Preprocess.imagenet()
+    if value == "none":
+        return Preprocess()
+    try:
+        spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--preprocess must be 'imagenet', 'none', or a JSON spec or file; got {value!r}") from error
+    return Preprocess.from_dict(spec)
+
+
+def resolve_class(value, labels: Optional[list[str]]) -> Optional[int]:
+    """--class as an index: an integer, or a name from the labels file."""
+    if value is None:
+        return None
+    if isinstance(value, int) or str(value).lstrip("-").isdigit():
+        index = int(value)
+        if index < 0:
+            raise InputError(f"--class must be a class index >= 0 or a label name, got {value}")
+        return index
+    if labels and value in labels:
+        return labels.index(value)
+    hint = "pass --labels FILE to use class names" if not labels else f"it is not one of the {len(labels)} labels"
+    raise InputError(f"--class {value!r} is not a class index and {hint}")

@@ -1,0 +1,64 @@
+"""Report galleries: which records to show, and their overlay tiles (re-explained, so no saved files are needed)."""
+from __future__ import annotations
+
+import base64
+from typing import Optional
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..render import overlay
+from .config import AuditConfig, AuditModel
+from .decode import Decoder, fit_within
+from .pipeline import build_explainer
+from .readers import InputItem
+
+GALLERY_SIZE = 24
+TILE_SIDE = 160
+
+
+def select_galleries(table: pa.Table, size: int = GALLERY_SIZE) -> dict[str, list[dict]]:
+    """The rows of the three galleries: most confident, misclassified (most confident first), least focused."""
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    wrong = ok.filter(pc.equal(ok["correct"], False))
+
+    def top(rows: pa.Table, column: str) -> list[dict]:
+        return rows.sort_by([(column, "descending"), ("path", "ascending")]).slice(0, size).to_pylist()
+
+    return {"most confident": top(ok, "probability"), "misclassified": top(wrong, "probability"),
+            "least focused": top(ok, "entropy")}
+
+
+def render_tiles(rows: list[dict], config: AuditConfig, model: AuditModel) -> dict[str, str]:
+    """Data URIs of heatmap overlays for the rows' images, keyed by path (an image unreadable now is left out)."""
+    unique = list({row["path"]: row for row in rows}.values())
+    if not unique:
+        return {}
+    decoder = Decoder(model.preprocess, config.max_pixels, thumbnails=True)
+    decoded = [(row, decoder(InputItem(row["path"]))) for row in unique]
+    decoded = [(row, item) for row, item in decoded if item.ok]
+    if not decoded:
+        return {}
+    explainer = build_explainer(model.model_bytes, config.device, config.method, config.batch_size, model.preprocess)
+    tensor = np.stack([item.tensor for _, item in decoded])
+    classes = np.asarray([row["explained_class"] for row, _ in decoded], np.int64)
+    heatmaps = explainer.explain(tensor, target_class=classes).heatmaps
+    heatmaps = heatmaps.get() if hasattr(heatmaps, "get") and not isinstance(heatmaps, np.ndarray) else heatmaps
+    return {row["path"]: tile_uri(overlay(item.thumbnail, heatmap)) for (row, item), heatmap in zip(decoded, heatmaps)}
+
+
+def tile_uri(image: np.ndarray, side: int = TILE_SIDE) -> Optional[str]:
+    """A data: URI of image fitted to side pixels (small images enlarged by whole pixels, so they stay sharp)."""
+    height, width = image.shape[:2]
+    if max(height, width) < side:
+        factor = max(1, side // max(height, width))
+        image = cv2.resize(image, (width * factor, height * factor), interpolation=cv2.INTER_NEAREST)
+    image = cv2.cvtColor(fit_within(image, side), cv2.COLOR_RGB2BGR)
+    small = max(height, width) <= 64  # tiny images compress better and stay exact as PNG
+    ok, data = cv2.imencode(".png" if small else ".jpg", image, [] if small else [cv2.IMWRITE_JPEG_QUALITY, 85])
+    if not ok:
+        return None
+    mime = "image/png" if small else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data.tobytes()).decode()}"

@@ -1,0 +1,156 @@
+"""Resumable, loss-free commits: each batch becomes a numbered Parquet part written atomically.
+
+A part file is the commit point: its heatmap shard and overlays are written before it, so a committed
+record never points at a missing file. A rerun with the same command reads the parts (and the merged
+records.parquet of earlier runs), skips those paths, and continues numbering after the highest part.
+finalize() merges everything into records.parquet (one row per path) and only then removes the parts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InputError
+from .pipeline import BatchResult
+from .writers import (read_table, records_table, remove_temporaries, write_bytes, write_csv,
+                      write_heatmap_shard, write_parquet)
+
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.parquet"
+CSV_FILE = "records.csv"
+PARTS_DIR = "parts"
+HEATMAPS_DIR = "heatmaps"
+OVERLAYS_DIR = "overlays"
+LOCK_FILE = ".lock"
+DUPLICATE_REASON = "duplicate: same content as "
+
+
+class Journal:
+    """The commit log of one output folder: what is done, and how to add a batch to it."""
+
+    def __init__(self, out_dir: os.PathLike, save_heatmaps: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.parts_dir = self.out_dir / PARTS_DIR
+        self.save_heatmaps = save_heatmaps
+        self.committed: dict[str, int] = {}  # path -> part
+        self.next_part = 0
+        self._lock = None
+
+    def open(self, settings: dict) -> None:
+        """Lock the folder, check it holds no audit with other settings, and load what is committed."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.out_dir / LOCK_FILE)
+        run_file = self.out_dir / RUN_FILE
+        if run_file.exists():
+            previous = json.loads(run_file.read_text())
+            changed = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+            if changed:
+                raise InputError(f"{self.out_dir} holds an audit with other settings ({', '.join(changed)} "
+                                 "differ); rerun with the same options to resume it, or choose another --out")
+        else:
+            write_bytes(run_file, json.dumps(settings, indent=2, sort_keys=True).encode())
+        remove_temporaries([self.out_dir, self.parts_dir, self.out_dir / HEATMAPS_DIR, self.out_dir / OVERLAYS_DIR])
+        for table in self._committed_tables(["path", "part"]):
+            self.committed.update(zip(table["path"].to_pylist(), table["part"].to_pylist()))
+        self.next_part = max(self.committed.values(), default=-1) + 1
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def commit(self, result: BatchResult) -> int:
+        """Write a batch's heatmaps, overlays and then its records part; return the part number."""
+        part = self.next_part
+        records = [dict(record, part=part) for record in result.records]
+        kept = [(record, heatmap) for record, heatmap in zip(records, result.heatmaps) if heatmap is not None]
+        if self.save_heatmaps and kept:
+            shard = f"{HEATMAPS_DIR}/shard-{part:08d}.npz"
+            write_heatmap_shard(self.out_dir / shard, [r["path"] for r, _ in kept], [h for _, h in kept])
+            for index, (record, _) in enumerate(kept):
+                record.update(heatmap_file=shard, heatmap_index=index)
+        for record, data in zip(records, result.overlays):
+            if data is not None:
+                write_bytes(self.out_dir / record["overlay_file"], data, durable=False)
+        write_parquet(self.parts_dir / f"part-{part:08d}.parquet", records_table(records))
+        self.next_part = part + 1
+        self.committed.update((record["path"], part) for record in records)
+        return part
+
+    def finalize(self, csv: bool = False) -> pa.Table:
+        """Merge the parts into records.parquet (one row per path, sorted), flag duplicate content, drop the parts."""
+        tables = self._committed_tables()
+        table = pa.concat_tables(tables) if tables else records_table([])
+        table = flag_duplicates(_one_row_per_path(table))
+        write_parquet(self.out_dir / RECORDS_FILE, table)
+        if csv:
+            write_csv(self.out_dir / CSV_FILE, table)
+        for part in sorted(self.parts_dir.glob("part-*.parquet")):
+            part.unlink()
+        return table
+
+    def _committed_tables(self, columns: Optional[list[str]] = None) -> list[pa.Table]:
+        files = [self.out_dir / RECORDS_FILE] + sorted(self.parts_dir.glob("part-*.parquet"))
+        tables = []
+        for path in files:
+            if not path.exists():
+                continue
+            try:
+                tables.append(read_table(path, columns))
+            except Exception as error:  # noqa: BLE001 - only a file damaged outside this tool gets here
+                damaged = path.with_name(path.name + ".damaged")
+                os.replace(path, damaged)
+                print(f"warning: {path} is unreadable ({error}); moved to {damaged.name}, its inputs will be redone",
+                      file=sys.stderr)
+        return tables
+
+
+def _one_row_per_path(table: pa.Table) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    table = table.sort_by([("path", "ascending"), ("part", "descending")])
+    paths = np.asarray(table["path"].to_pylist(), dtype=object)
+    first = np.ones(len(paths), bool)
+    first[1:] = paths[1:] != paths[:-1]
+    return table.filter(pa.array(first))
+
+
+def flag_duplicates(table: pa.Table) -> pa.Table:
+    """Set duplicate_of (and the reason of readable duplicates) for files whose bytes equal an earlier path's."""
+    hashes = table["content_hash"].to_pylist()
+    sizes = table["size_bytes"].to_pylist()
+    paths = table["path"].to_pylist()
+    # Earlier finalizes flagged with the inputs of their day; flag afresh.
+    reasons = [None if r and r.startswith(DUPLICATE_REASON) else r for r in table["reason"].to_pylist()]
+    first_path: dict[str, str] = {}
+    duplicate_of: list[Optional[str]] = []
+    for index, (digest, size, path) in enumerate(zip(hashes, sizes, paths)):
+        original = first_path.setdefault(digest, path) if digest and size else path
+        duplicate_of.append(None if original == path else original)
+        if original != path and reasons[index] is None:
+            reasons[index] = f"{DUPLICATE_REASON}{original}"
+    table = table.set_column(table.schema.get_field_index("duplicate_of"), "duplicate_of",
+                             pa.array(duplicate_of, pa.string()))
+    return table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+
+
+def _lock(path: Path):
+    """Hold an exclusive lock on path while the run lives (the kernel drops it when the process dies)."""
+    handle = open(path, "a+b")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one run per folder is then the user's job
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise InputError(f"another audit is writing to {path.parent}; wait for it or choose another --out") from None
+    return handle
+

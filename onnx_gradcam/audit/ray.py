@@ -1,0 +1,118 @@
+"""The same audit on Ray Data: actors each hold one model session (map_batches with a callable class).
+
+Actors decode, explain and compute statistics and overlays; the driver commits what comes back through
+the same Journal as a local run, so records, resume and the report do not depend on where the work ran.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import GradCamError
+from .config import AuditConfig, AuditModel
+from .decode import Decoder
+from .journal import Journal
+from .pipeline import BatchExplainer, BatchResult, build_explainer
+from .readers import InputItem
+from .runner import Timings
+
+DECODE_THREADS_PER_ACTOR = 2
+
+
+class AuditActor:
+    """Ray Data callable class: built once per actor (one InferenceSession), then called per batch."""
+
+    def __init__(self, model_bytes: bytes, device: str, method: str, batch_size: int, preprocess: dict,
+                 target_class: Optional[int], labels: Optional[list[str]], overlays: bool, overlay_format: str,
+                 max_pixels: int, intra_op_threads: Optional[int]) -> None:
+        from ..preprocess import Preprocess
+
+        spec = Preprocess.from_dict(preprocess)
+        explainer = build_explainer(model_bytes, device, method, batch_size, spec, intra_op_threads)
+        self.batcher = BatchExplainer(explainer, target_class, labels, overlays, overlay_format)
+        self.decoder = Decoder(spec, max_pixels, thumbnails=overlays)
+        self.pool = ThreadPoolExecutor(DECODE_THREADS_PER_ACTOR)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = [InputItem(path, label or None) for path, label in zip(batch["path"].to_pylist(),
+                                                                       batch["label"].to_pylist())]
+        decoded = list(self.pool.map(self.decoder, items))
+        explained = self.batcher.explain(decoded)
+        return result_to_arrow(self.batcher.results(decoded, explained), explained.seconds)
+
+
+def result_to_arrow(result: BatchResult, seconds: float) -> pa.Table:
+    """A BatchResult as Arrow columns (JSON records, float16 heatmap bytes, overlay bytes) for Ray's object store."""
+    count = max(1, len(result.records))
+    return pa.table({
+        "record": pa.array([json.dumps(record) for record in result.records], pa.string()),
+        "heatmap": pa.array([None if h is None else np.asarray(h, np.float16).tobytes() for h in result.heatmaps],
+                            pa.binary()),
+        "overlay": pa.array(result.overlays, pa.binary()),
+        "seconds": pa.array([seconds / count] * len(result.records), pa.float64()),
+    })
+
+
+def result_from_arrow(table: pa.Table, size: tuple[int, int]) -> tuple[BatchResult, float]:
+    """Back from result_to_arrow: the BatchResult and the explain seconds it took."""
+    heatmaps = [None if data is None else np.frombuffer(data, np.float16).reshape(size).astype(np.float32)
+                for data in table["heatmap"].to_pylist()]
+    records = [json.loads(text) for text in table["record"].to_pylist()]
+    return BatchResult(records, heatmaps, table["overlay"].to_pylist()), float(sum(table["seconds"].to_pylist()))
+
+
+def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem], journal: Journal,
+               progress: Callable[[int], None] = lambda count: None) -> Timings:
+    """Explain pending on Ray actors (config.workers of them) and commit each returned block on the driver."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as error:
+        raise GradCamError("--ray needs Ray Data: pip install 'onnx-gradcam[ray]'") from error
+    started = _connect(ray, config.ray_address)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the audit has its own progress bar
+        gpu = config.device.startswith("cuda")
+        dataset = ray.data.from_items([{"path": item.path, "label": item.label or ""} for item in pending])
+        dataset = dataset.map_batches(
+            AuditActor, batch_size=config.batch_size, batch_format="pyarrow", concurrency=config.workers,
+            num_cpus=1, num_gpus=1 if gpu else 0,
+            fn_constructor_kwargs=dict(
+                model_bytes=model.model_bytes, device=config.device, method=config.method,
+                batch_size=config.batch_size, preprocess=model.preprocess.to_dict(),
+                target_class=model.target_class, labels=model.labels, overlays="overlays" in config.save,
+                overlay_format=config.overlay_format, max_pixels=config.max_pixels,
+                intra_op_threads=None if gpu else 1))
+        timings = Timings(images=len(pending), lanes=config.workers)
+        start = time.perf_counter()
+        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if block.num_rows == 0:
+                continue
+            result, seconds = result_from_arrow(block, tuple(model.preprocess.size))
+            journal.commit(result)
+            timings.explain += seconds
+            progress(block.num_rows)
+        timings.wall = time.perf_counter() - start
+        return timings
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _connect(ray, address: Optional[str]) -> bool:
+    """Join the running Ray instance (or the one at address); start a local one if none. True if started here."""
+    if ray.is_initialized():
+        return False
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # Workers of a local instance import onnx_gradcam from the same tree as the driver.
+    pythonpath = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             runtime_env=None if address else {"env_vars": {"PYTHONPATH": pythonpath}})
+    return True

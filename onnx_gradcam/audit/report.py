@@ -1,0 +1,180 @@
+"""The audit's HTML report: one self-contained file (inline SVG charts, base64 images) that works offline."""
+from __future__ import annotations
+
+import datetime
+import os
+from collections import Counter
+from html import escape
+from typing import TYPE_CHECKING, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import __version__
+from . import charts
+from .config import AuditConfig, AuditModel
+from .gallery import render_tiles, select_galleries
+from .writers import write_bytes
+
+if TYPE_CHECKING:
+    from .runner import AuditSummary
+
+MAX_ERROR_ROWS = 200
+TOP_CLASSES = 20
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{margin:0 0 4px}h2{margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta{color:#666;font-size:13px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 16px;min-width:110px}
+.card b{display:block;font-size:22px}.card span{color:#666;font-size:12px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.charts svg{background:#fff;border:1px solid #ddd;border-radius:6px}
+.grid{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;width:164px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:2px}
+figure img{display:block;margin:auto;max-width:160px;max-height:160px}
+figcaption{font-size:11px;line-height:1.3;word-break:break-all;padding:2px}
+.missing{height:160px;display:flex;align-items:center;justify-content:center;color:#999;font-size:12px}
+.bad{color:#b00}table{border-collapse:collapse;font-size:12px;background:#fff}
+td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+"""
+
+# Sets data-images-loaded on <body> to "all" once every <img> has decoded (naturalWidth > 0), "broken" if
+# any failed: a headless browser (and the tests) read it from the DOM.
+IMAGE_CHECK = """
+(function(){
+  function check(){
+    var images = Array.prototype.slice.call(document.images);
+    var done = images.filter(function(i){return i.complete;}).length;
+    var good = images.filter(function(i){return i.complete && i.naturalWidth > 0;}).length;
+    var body = document.body;
+    body.setAttribute('data-images-total', images.length);
+    body.setAttribute('data-images-ok', good);
+    body.setAttribute('data-images-loaded', done < images.length ? 'pending' : (good === images.length ? 'all' : 'broken'));
+  }
+  Array.prototype.forEach.call(document.images, function(i){
+    i.addEventListener('load', check); i.addEventListener('error', check);
+  });
+  window.addEventListener('load', check);
+  check();
+})();
+"""
+
+
+def write_report(path: os.PathLike, config: AuditConfig, model: AuditModel, table: pa.Table,
+                 summary: "AuditSummary") -> None:
+    """Write the report for the records in table (galleries re-explained from the input files) to path."""
+    galleries = select_galleries(table)
+    tiles = render_tiles([row for rows in galleries.values() for row in rows], config, model)
+    write_bytes(path, render_html(table, summary, galleries, tiles).encode("utf-8"))
+
+
+def render_html(table: pa.Table, summary: "AuditSummary", galleries: dict[str, list[dict]],
+                tiles: dict[str, str]) -> str:
+    """The report as one HTML string."""
+    title = f"Grad-CAM audit of {os.path.basename(summary.model)}"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<meta name='viewport' content='width=device-width'><title>{escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body data-images-loaded='pending'>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p class='meta'>method {escape(summary.method)} &middot; onnx-gradcam {__version__} &middot; "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')} &middot; {escape(summary.out_dir)}</p>",
+        _cards(summary), "<h2>Summary</h2><div class='charts'>", *_charts(table), "</div>",
+    ]
+    for name, rows in galleries.items():
+        parts.append(f"<h2>{escape(name.capitalize())} ({len(rows)})</h2>")
+        parts.append(_gallery(rows, tiles) if rows else "<p class='meta'>none</p>")
+    parts.extend([_problems(table), f"<script>{IMAGE_CHECK}</script></body></html>"])
+    return "\n".join(parts)
+
+
+def _cards(summary: "AuditSummary") -> str:
+    values = [("images", summary.records), ("explained", summary.ok), ("failed", summary.errors),
+              ("duplicates", summary.duplicates)]
+    if summary.accuracy is not None:
+        values.append((f"accuracy ({summary.labelled} labelled)", f"{summary.accuracy:.1%}"))
+    if summary.images_per_second:
+        values.append(("images/s this run", f"{summary.images_per_second:.1f}"))
+    if summary.busy_share is not None:
+        values.append(("runtime busy", f"{summary.busy_share:.0%}"))
+    cards = "".join(f"<div class='card'><b>{escape(str(value))}</b><span>{escape(name)}</span></div>"
+                    for name, value in values)
+    return f"<div class='cards'>{cards}</div>"
+
+
+def _charts(table: pa.Table) -> list[str]:
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    column = lambda name: ok[name].to_pylist()  # noqa: E731
+    status = Counter(table["status"].to_pylist())
+    result = [
+        charts.bars(["ok", "error", "duplicate"],
+                    [status.get("ok", 0), status.get("error", 0), table.num_rows - table["duplicate_of"].null_count],
+                    "Inputs by outcome"),
+        charts.histogram(column("probability"), "Confidence (top-class probability)", "probability"),
+        charts.histogram(column("entropy"), "Heatmap spread (normalized entropy)", "0 = one spot, 1 = everywhere"),
+        charts.histogram(column("heat_above_half"), "Share of heat above 0.5", "share of total heat"),
+        charts.scatter_density(column("peak_x"), column("peak_y"), "Where the heat peaks (image frame)"),
+    ]
+    predicted = Counter(ok["predicted_label"].to_pylist()).most_common(TOP_CLASSES)
+    if predicted:
+        result.append(charts.bars([name for name, _ in predicted], [count for _, count in predicted],
+                                  f"Predicted classes (top {TOP_CLASSES})", "class"))
+    accuracy = _accuracy_by_label(ok)
+    if accuracy:
+        result.append(charts.bars([name for name, _ in accuracy], [value for _, value in accuracy],
+                                  "Accuracy by label", "label", y_max=1.0, value_format="{:.2f}"))
+    return result
+
+
+def _accuracy_by_label(ok: pa.Table) -> list[tuple[str, float]]:
+    totals: Counter = Counter()
+    right: Counter = Counter()
+    for label, correct in zip(ok["label"].to_pylist(), ok["correct"].to_pylist()):
+        if correct is not None:
+            totals[label] += 1
+            right[label] += bool(correct)
+    worst = sorted(totals, key=lambda name: (right[name] / totals[name], name))[:TOP_CLASSES]
+    return [(name, right[name] / totals[name]) for name in worst]
+
+
+def _gallery(rows: list[dict], tiles: dict[str, str]) -> str:
+    figures = []
+    for row in rows:
+        uri: Optional[str] = tiles.get(row["path"])
+        name = escape(os.path.basename(row["path"]))
+        image = (f"<img src='{uri}' alt='{name}' width='160' loading='eager'>" if uri
+                 else "<div class='missing'>image no longer readable</div>")
+        truth = ""
+        if row.get("label") is not None:
+            mark = "" if row.get("correct") is None else (" ok" if row["correct"] else " <span class='bad'>wrong</span>")
+            truth = f"<br>label {escape(str(row['label']))}{mark}"
+        figures.append(
+            f"<figure title='{escape(row['path'])}'>{image}<figcaption>{name}<br>"
+            f"{escape(str(row['predicted_label']))} p={row['probability']:.3f}{truth}"
+            f"<br>spread {row['entropy']:.2f} &middot; hot {row['heat_above_half']:.0%}</figcaption></figure>")
+    return f"<div class='grid'>{''.join(figures)}</div>"
+
+
+def _problems(table: pa.Table) -> str:
+    failed = table.filter(pc.equal(table["status"], "error"))
+    duplicates = table.filter(pc.is_valid(table["duplicate_of"]))
+    parts = [f"<h2>Failed inputs ({failed.num_rows})</h2>"]
+    if failed.num_rows:
+        kinds = Counter(reason.split(":")[0] for reason in failed["reason"].to_pylist())
+        parts.append("<table><tr><th>reason</th><th>inputs</th></tr>" + "".join(
+            f"<tr><td>{escape(kind)}</td><td>{count}</td></tr>" for kind, count in kinds.most_common()) + "</table><p></p>")
+        rows = failed.slice(0, MAX_ERROR_ROWS).to_pylist()
+        parts.append("<table><tr><th>path</th><th>reason</th></tr>" + "".join(
+            f"<tr><td>{escape(r['path'])}</td><td>{escape(r['reason'] or '')}</td></tr>" for r in rows) + "</table>")
+        if failed.num_rows > MAX_ERROR_ROWS:
+            parts.append(f"<p class='meta'>first {MAX_ERROR_ROWS} shown; all are in records.parquet</p>")
+    else:
+        parts.append("<p class='meta'>none</p>")
+    parts.append(f"<h2>Duplicate content ({duplicates.num_rows})</h2>")
+    if duplicates.num_rows:
+        rows = duplicates.slice(0, MAX_ERROR_ROWS).to_pylist()
+        parts.append("<table><tr><th>path</th><th>same bytes as</th></tr>" + "".join(
+            f"<tr><td>{escape(r['path'])}</td><td>{escape(r['duplicate_of'])}</td></tr>" for r in rows) + "</table>")
+    else:
+        parts.append("<p class='meta'>none</p>")
+    return "\n".join(parts)

@@ -1,0 +1,103 @@
+"""Audit outputs on disk: Parquet records, optional CSV, .npz heatmap shards, overlay images; all atomic."""
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from .stats import STAT_COLUMNS
+
+PathLike = Union[str, os.PathLike]
+TEMPORARY_SUFFIX = ".tmp"
+
+RECORD_SCHEMA = pa.schema(
+    [("path", pa.string()), ("label", pa.string()), ("label_index", pa.int64()),
+     ("status", pa.string()), ("reason", pa.string()),
+     ("predicted_class", pa.int64()), ("predicted_label", pa.string()), ("probability", pa.float64()),
+     ("explained_class", pa.int64()), ("explained_label", pa.string()), ("score", pa.float64()),
+     ("correct", pa.bool_())]
+    + [(name, pa.float64()) for name in STAT_COLUMNS]
+    + [("width", pa.int64()), ("height", pa.int64()), ("size_bytes", pa.int64()), ("content_hash", pa.string()),
+       ("duplicate_of", pa.string()), ("heatmap_file", pa.string()), ("heatmap_index", pa.int64()),
+       ("overlay_file", pa.string()), ("part", pa.int64())])
+
+
+def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None], durable: bool = True) -> None:
+    """Write path through a temporary in the same folder and os.replace: readers see all of it or nothing.
+
+    durable also fsyncs the data before the rename, so a power cut cannot leave an empty file behind either.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes, durable: bool = True) -> None:
+    """Write data to path atomically."""
+    atomic_write(path, lambda handle: handle.write(data), durable)
+
+
+def records_table(records: Sequence[dict]) -> pa.Table:
+    """The records as an Arrow table with the audit schema (missing fields are null)."""
+    columns = {name: [record.get(name) for record in records] for name in RECORD_SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+
+
+def write_parquet(path: PathLike, table: pa.Table) -> None:
+    """Write an Arrow table as one Parquet file (zstd), atomically."""
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+
+
+def write_csv(path: PathLike, table: pa.Table) -> None:
+    """Write an Arrow table as CSV with a header row, atomically."""
+    atomic_write(path, lambda handle: pa_csv.write_csv(table, handle))
+
+
+def write_heatmap_shard(path: PathLike, paths: Sequence[str], heatmaps: Sequence[np.ndarray]) -> None:
+    """Write heatmaps [n,H,W] (float16, in record order) and their input paths as a compressed .npz."""
+    stacked = np.stack([np.asarray(h, np.float16) for h in heatmaps])
+    atomic_write(path, lambda handle: np.savez_compressed(handle, heatmaps=stacked, paths=np.asarray(paths, dtype=str)))
+
+
+def read_heatmap(out_dir: PathLike, heatmap_file: str, heatmap_index: int) -> np.ndarray:
+    """One heatmap [H,W] (float32) back from the shard a record points to."""
+    with np.load(Path(out_dir) / heatmap_file) as shard:
+        return shard["heatmaps"][heatmap_index].astype(np.float32)
+
+
+def remove_temporaries(folders: Iterable[PathLike]) -> int:
+    """Delete the temporaries an interrupted run left in these folders (never finished files); return how many."""
+    removed = 0
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for leftover in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def read_table(path: PathLike, columns: Optional[list[str]] = None) -> pa.Table:
+    """Read a Parquet file written by write_parquet, cast to the audit schema."""
+    table = pq.read_table(path, columns=columns)
+    if columns is None:
+        table = table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
+    return table

@@ -1,0 +1,169 @@
+"""Command line: onnx-gradcam augment | explain | export | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import GradCamError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from .graph.augment import augment, list_targets
+
+    if args.list_targets:
+        print(f"{'tensor':<48} {'op':<20} shape layout")
+        for info in list_targets(args.model):
+            print(info)
+        return 0
+    if args.output is None:
+        raise GradCamError("augment needs -o OUT (or --list-targets)")
+    preprocess = _preprocess_arg(args.preprocess)
+    model = augment(args.model, target=args.target, output=args.output, heatmap=args.heatmap,
+                    preprocess=preprocess.to_dict() if preprocess else None)
+    meta = {p.key: p.value for p in model.metadata_props}
+    print(f"augmented {args.model} -> {args.output}: target {meta['gradcam_target']} "
+          f"{meta['gradcam_target_shape']}, score {meta['gradcam_score']}")
+    return 0
+
+
+def _preprocess_arg(value: Optional[str]):
+    from .preprocess import Preprocess
+
+    if value is None:
+        return None
+    if value == "imagenet":
+        return Preprocess.imagenet()
+    if value == "none":
+        return Preprocess()
+    spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
+    return Preprocess.from_dict(spec)
+
+
+def _collect_images(inputs: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .explainer import Explainer
+    from .graph.augment import augment, augmented_metadata
+    from .graph.io import load_model
+    from .labels import label_name, load_labels
+    from .preprocess import Preprocess
+    from .render import overlay, read_image, write_image
+
+    model = load_model(args.model)
+    if "target" not in augmented_metadata(model):
+        print(f"{args.model} is a plain model: augmenting it (target {args.target})", file=sys.stderr)
+        model = augment(model, target=args.target)
+    preprocess = _preprocess_arg(args.preprocess)
+    if preprocess is None and "preprocess" not in augmented_metadata(model):
+        print("the model records no preprocessing: using ImageNet mean/std (pass --preprocess to change)",
+              file=sys.stderr)
+        preprocess = Preprocess.imagenet()
+    explainer = Explainer(model, device=args.device, method=args.method, batch_size=args.batch,
+                          preprocess=preprocess)
+    labels = load_labels(args.labels)
+    out_dir = Path(args.output)
+    failures = 0
+    for path in _collect_images(args.images):
+        try:
+            image = read_image(path)
+        except GradCamError as error:
+            print(f"{path}: skipped: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        explanation = explainer.explain([image], target_class=args.target_class)
+        heatmap = explanation.heatmaps[0]
+        heatmap = heatmap.get() if hasattr(heatmap, "get") and not isinstance(heatmap, np.ndarray) else heatmap
+        target = out_dir / f"{path.stem}_{explanation.method}.png"
+        write_image(target, overlay(image, heatmap, alpha=args.alpha))
+        classes, probabilities = explanation.top_k(5)
+        explained = int(explanation.classes[0])
+        print(f"{path}: explained {label_name(labels, explained)} (score {explanation.scores[0]:.4f}) -> {target}")
+        for rank, (index, probability) in enumerate(zip(classes[0], probabilities[0]), start=1):
+            print(f"  {rank}. {label_name(labels, int(index)):<30} {probability:.4f}")
+    return 1 if failures else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out_dir = Path(args.output)
+    explanation = run_demo(out_dir, count=args.count, method=args.method)
+    print(f"explained {len(explanation)} held-out digits with {explanation.method}; "
+          f"overlays and contact_sheet.png in {out_dir}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .cam.reference import METHODS
+
+    parser = argparse.ArgumentParser(prog="onnx-gradcam", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"onnx-gradcam {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    augment = commands.add_parser("augment", help="add Grad-CAM outputs to an ONNX classifier")
+    augment.add_argument("model")
+    augment.add_argument("-o", "--output")
+    augment.add_argument("--target", default="auto", help="tensor name or 'auto' (default)")
+    augment.add_argument("--list-targets", action="store_true", help="list candidate target tensors and exit")
+    augment.add_argument("--heatmap", action="store_true", help="also compute gradcam_heatmap in the graph")
+    augment.add_argument("--preprocess", help="'imagenet', 'none', or a JSON spec/file to record in the model")
+    augment.set_defaults(func=_augment)
+
+    explain = commands.add_parser("explain", help="write heatmap overlays and print top-5 classes")
+    explain.add_argument("model")
+    explain.add_argument("images", nargs="+", help="image files or folders")
+    explain.add_argument("-o", "--output", required=True, help="output folder")
+    explain.add_argument("--class", dest="target_class", type=int, default=None, help="class to explain (default: top)")
+    explain.add_argument("--method", default="gradcam", choices=METHODS)
+    explain.add_argument("--labels", help="class names: one per line, or JSON")
+    explain.add_argument("--device", default="cpu")
+    explain.add_argument("--batch", type=int, default=32)
+    explain.add_argument("--alpha", type=float, default=0.5)
+    explain.add_argument("--target", default="auto", help="target tensor when MODEL is not augmented yet")
+    explain.add_argument("--preprocess", help="'imagenet', 'none', or a JSON spec/file (default: from the model)")
+    explain.set_defaults(func=_explain)
+
+    demo = commands.add_parser("demo", help="explain the built-in digits model")
+    demo.add_argument("-o", "--output", default="gradcam-demo")
+    demo.add_argument("--count", type=int, default=40)
+    demo.add_argument("--method", default="hirescam", choices=METHODS)
+    demo.set_defaults(func=_demo)
+
+    try:
+        from .export.cli import add_export_parser
+    except ImportError:
+        pass
+    else:
+        add_export_parser(commands)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the onnx-gradcam command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GradCamError as error:
+        print(f"onnx-gradcam: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The user-facing Explainer: images in, heatmaps, classes and scores out."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .cam import reference
+from .errors import InputError, NotAugmentedError
+from .graph.augment import (ACTIVATION, CLASS, GRADIENT, LOGITS, SCORE, TARGET_CLASS,
+                            augmented_metadata)
+from .graph.io import ModelLike, load_model
+from .preprocess import Preprocess
+from .render import read_image
+from .runtime import Session
+
+ImageInput = Union[np.ndarray, str, os.PathLike, Sequence[Union[np.ndarray, str, os.PathLike]]]
+
+
+@dataclass
+class Explanation:
+    """Heatmaps [N,H,W] in [0,1] with the explained class, its score and the logits of each image."""
+
+    heatmaps: Any
+    classes: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    method: str
+    activation: Optional[Any] = None
+    gradient: Optional[Any] = None
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Softmax of the logits, [N, classes]."""
+        shifted = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def top_k(self, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Return (classes, probabilities) of the k most likely classes per image, best first."""
+        probabilities = self.probabilities
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(probabilities, order, axis=1)
+
+
+class Explainer:
+    """Runs an augmented ONNX model with ONNX Runtime and turns its tensors into heatmaps."""
+
+    def __init__(self, model: ModelLike, device: str = "cpu", method: str = "gradcam",
+                 batch_size: int = 32, preprocess: Optional[Union[Preprocess, dict]] = None,
+                 providers: Optional[Sequence[Any]] = None) -> None:
+        proto = load_model(model)
+        self.metadata = augmented_metadata(proto)
+        if "target" not in self.metadata:
+            raise NotAugmentedError(
+                "this is a plain ONNX model without gradcam_* outputs; augment it first: "
+                "Explainer(onnx_gradcam.augment(model)) or `onnx-gradcam augment MODEL -o OUT`")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.method = reference.normalize_method(method)
+        self.input_name = self.metadata["input"]
+        self.input_shape = _input_shape(proto, self.input_name)
+        # A model exported with a fixed batch size runs in chunks of exactly that size.
+        self.static_batch = self.input_shape[0] if isinstance(self.input_shape[0], int) else None
+        self.batch_size = self.static_batch or batch_size
+        self.layout = self.metadata.get("input_layout", "NCHW")
+        self.num_classes = _num_classes(proto)
+        self.preprocess = self._preprocess_spec(preprocess)
+        self.session = Session(proto, device=device, providers=providers)
+        self.device = self.session.device
+        self.outputs = [ACTIVATION, GRADIENT, CLASS, SCORE, LOGITS]
+
+    def _preprocess_spec(self, preprocess) -> Optional[Preprocess]:
+        if isinstance(preprocess, dict):
+            preprocess = Preprocess.from_dict(preprocess)
+        if preprocess is None and "preprocess" in self.metadata:
+            preprocess = Preprocess.from_dict(json.loads(self.metadata["preprocess"]))
+        if preprocess is not None and preprocess.size is None and None not in self.image_size:
+            preprocess = Preprocess.from_dict({**preprocess.to_dict(), "size": list(self.image_size)})
+        return preprocess
+
+    @property
+    def image_size(self) -> tuple[Optional[int], Optional[int]]:
+        """(H, W) of the model input, None where dynamic."""
+        dims = self.input_shape[1:3] if self.layout == "NHWC" else self.input_shape[2:4]
+        return tuple(d if isinstance(d, int) else None for d in dims)
+
+    def prepare(self, images: ImageInput) -> np.ndarray:
+        """Return the float32 model-input batch for arrays, uint8 images or image paths."""
+        if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+            return self._check_tensor(images)
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.uint8:
+            images = list(images)
+        if not isinstance(images, (list, tuple)) or not images:
+            raise InputError(f"images must be a float32 array shaped like the model input "
+                             f"{_format_shape(self.input_shape)}, uint8 images, or image paths; "
+                             f"got {type(images).__name__}")
+        if self.preprocess is None:
+            raise InputError("raw images need a preprocessing spec and this model records none: pass "
+                             "preprocess=Preprocess(mean=..., std=...) or Preprocess.imagenet()")
+        loaded = [read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item) for item in images]
+        return self._check_tensor(self.preprocess(loaded))
+
+    def _check_tensor(self, batch: np.ndarray) -> np.ndarray:
+        expected = self.input_shape
+        if batch.ndim != len(expected) or any(
+                isinstance(want, int) and want != got for want, got in zip(expected[1:], batch.shape[1:])):
+            hint = " (add a batch axis: images[None])" if batch.ndim == len(expected) - 1 else ""
+            raise InputError(f"input has shape {list(batch.shape)} but the model expects "
+                             f"{_format_shape(expected)} ({self.layout}){hint}")
+        if batch.dtype != np.float32:
+            if batch.dtype.kind != "f":
+                raise InputError(f"input dtype {batch.dtype} is not supported: expected float32 "
+                                 "(preprocessed) or uint8 images")
+            batch = batch.astype(np.float32)
+        if not np.isfinite(batch).all():
+            raise InputError("input contains NaN or infinite values")
+        return np.ascontiguousarray(batch)
+
+    def _target_classes(self, target_class, count: int) -> np.ndarray:
+        if target_class is None:
+            return np.full(count, -1, np.int64)
+        classes = np.asarray(target_class)
+        if classes.dtype.kind not in "iu":
+            raise InputError(f"target_class must be int(s), got {classes.dtype}")
+        classes = np.broadcast_to(classes.astype(np.int64), (count,)) if classes.ndim == 0 else classes.astype(np.int64)
+        if classes.shape != (count,):
+            raise InputError(f"target_class has {classes.size} entries for {count} images")
+        if self.num_classes is not None and ((classes >= self.num_classes) | (classes < -1)).any():
+            raise InputError(f"target_class must be in [0, {self.num_classes - 1}] or -1 (top class); "
+                             f"got {sorted(set(classes[(classes >= self.num_classes) | (classes < -1)].tolist()))}")
+        return np.ascontiguousarray(classes)
+
+    def explain(self, images: ImageInput, target_class=None, method: Optional[str] = None,
+                keep_tensors: bool = False, progress: bool = False) -> Explanation:
+        """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and A, G on request)."""
+        method = reference.normalize_method(method or self.method)
+        batch = self.prepare(images)
+        classes = self._target_classes(target_class, len(batch))
+        size = batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4]
+        parts: dict[str, list] = {"heatmaps": [], CLASS: [], SCORE: [], LOGITS: [], ACTIVATION: [], GRADIENT: []}
+        starts = range(0, len(batch), self.batch_size)
+        if progress:
+            from tqdm import tqdm
+            starts = tqdm(starts, unit="batch", desc="explain")
+        for start in starts:
+            stop = start + self.batch_size
+            chunk, chunk_classes = batch[start:stop], classes[start:stop]
+            if self.static_batch and len(chunk) < self.static_batch:  # pad to the model's fixed batch
+                missing = self.static_batch - len(chunk)
+                chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
+                chunk_classes = np.concatenate([chunk_classes, np.full(missing, -1, np.int64)])
+            result = self.session.run({self.input_name: chunk, TARGET_CLASS: chunk_classes}, self.outputs)
+            if len(chunk) > stop - start or stop > len(batch):
+                result = {name: value[:min(stop, len(batch)) - start] for name, value in result.items()}
+            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result[GRADIENT], method, tuple(size)))
+            for name in (CLASS, SCORE, LOGITS):
+                parts[name].append(_host(result[name]))
+            if keep_tensors:
+                parts[ACTIVATION].append(result[ACTIVATION])
+                parts[GRADIENT].append(result[GRADIENT])
+        join = _concatenate
+        return Explanation(heatmaps=join(parts["heatmaps"]), classes=join(parts[CLASS]),
+                           scores=join(parts[SCORE]), logits=join(parts[LOGITS]), method=method,
+                           activation=join(parts[ACTIVATION]) if keep_tensors else None,
+                           gradient=join(parts[GRADIENT]) if keep_tensors else None)
+
+    def _heatmaps(self, activation, gradient, method: str, size: tuple[int, int]):
+        if self.device == "cuda":
+            from .cam import fused
+            return fused.heatmaps(activation, gradient, method, size)
+        return reference.heatmaps(activation, gradient, method, size)
+
+
+def _host(value) -> np.ndarray:
+    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _concatenate(parts: list):
+    if len(parts) == 1:
+        return parts[0]
+    if parts and not isinstance(parts[0], np.ndarray):
+        import cupy
+        return cupy.concatenate(parts)
+    return np.concatenate(parts)
+
+
+def _input_shape(model: onnx.ModelProto, name: str) -> list:
+    for value in model.graph.input:
+        if value.name == name:
+            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in value.type.tensor_type.shape.dim]
+    raise NotAugmentedError(f"the recorded image input {name!r} is missing from the model")
+
+
+def _num_classes(model: onnx.ModelProto) -> Optional[int]:
+    for value in model.graph.output:
+        if value.name == LOGITS:
+            dims = value.type.tensor_type.shape.dim
+            return dims[1].dim_value if len(dims) == 2 and dims[1].HasField("dim_value") else None
+    return None
+
+
+def _format_shape(shape: Sequence) -> str:
+    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(shape)) + "]"

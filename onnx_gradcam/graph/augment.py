@@ -1,0 +1,214 @@
+"""Graph surgery: expose the target activation, its gradient, the class and its score."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..errors import GradCamError, ScoreNotFoundError
+from .builder import GraphBuilder
+from .io import ModelLike, load_model, without_weights
+from .locate import TO_NCHW, GraphIndex, TargetInfo, choose_target, find_score, list_candidates
+from .vjp import differentiate
+
+TARGET_CLASS = "gradcam_target_class"
+ACTIVATION = "gradcam_activation"
+GRADIENT = "gradcam_gradient"
+CLASS = "gradcam_class"
+SCORE = "gradcam_score"
+LOGITS = "gradcam_logits"
+HEATMAP = "gradcam_heatmap"
+METADATA_PREFIX = "gradcam_"
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _analyse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphBuilder, GraphIndex]:
+    """Shape-infer a weightless copy of model and index it."""
+    inferred = without_weights(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+    except Exception:  # a graph shape inference cannot follow still gets best-effort shapes
+        pass
+    builder = GraphBuilder(inferred)
+    return inferred, builder, GraphIndex(inferred, builder)
+
+
+def list_targets(model: ModelLike, score: str = "auto") -> list[TargetInfo]:
+    """Return the 4-D activations that influence the score, in graph order, with shapes."""
+    _, _, index = _analyse(load_model(model))
+    score_tensor, _ = find_score(index, score)
+    return list_candidates(index, score_tensor)
+
+
+def augment(model: ModelLike, target: str = "auto", score: str = "auto",
+            output: Optional[Union[str, os.PathLike]] = None, heatmap: bool = False,
+            preprocess: Optional[dict] = None) -> onnx.ModelProto:
+    """Return a copy of model that also outputs the target activation, its gradient, class and score.
+
+    target: tensor name or "auto" (last 4-D activation before the spatial collapse).
+    score: "auto" (pre-softmax logits), "probability" (the softmax output) or a tensor name.
+    heatmap: also compute gradcam_heatmap [N,H,W] in the graph with standard ONNX ops.
+    preprocess: image preprocessing spec recorded in the metadata for raw-image inputs.
+    """
+    original = load_model(model)
+    if any(p.key == METADATA_PREFIX + "target" for p in original.metadata_props):
+        raise GradCamError("this model is already augmented (it has gradcam_* outputs); "
+                           "pass the original model to augment it again")
+    analysed, b, index = _analyse(original)
+    score_tensor, score_output = find_score(index, score)
+    target_info = choose_target(index, score_tensor, target)
+    target_class, chosen_class = _class_selection(analysed, b, score_tensor)
+    seed = b.cast(b.op("Equal", b.unsqueeze(chosen_class, [1]), b.op(
+        "Range", b.const(0, np.int64), b.op("Gather", b.shape(score_tensor), b.const(1, np.int64)),
+        b.const(1, np.int64))), b.dtype(score_tensor))
+    gradient = _backpropagate(index, b, target_info.name, score_tensor, seed)
+
+    activation_out, gradient_out = target_info.name, gradient
+    if target_info.layout == "NHWC":
+        activation_out = b.op("Transpose", activation_out, perm=TO_NCHW)
+        gradient_out = b.op("Transpose", gradient_out, perm=TO_NCHW)
+    chosen_score = b.op("GatherElements", score_tensor, b.unsqueeze(chosen_class, [1]), axis=1)
+    exposed = {ACTIVATION: activation_out, GRADIENT: gradient_out, CLASS: chosen_class,
+               SCORE: b.op("Reshape", chosen_score, b.const([-1], np.int64)), LOGITS: score_tensor}
+    if heatmap:
+        exposed[HEATMAP] = _in_graph_heatmap(b, index, activation_out, gradient_out)
+    result = onnx.ModelProto()
+    result.CopyFrom(original)
+    graph = result.graph
+    graph.input.append(analysed.graph.input[-1])  # gradcam_target_class
+    del graph.node[:]  # rules may have extended forward nodes (MaxPool indices)
+    graph.node.extend(analysed.graph.node)
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.initializers)
+    batch = b.shapes.get(score_tensor, [None])[0]
+    nchw = _nchw_shape(target_info)
+    for name, source in exposed.items():
+        graph.node.append(helper.make_node("Identity", [source], [name], name=f"gradcam/{name}"))
+        dtype = {CLASS: TensorProto.INT64, HEATMAP: TensorProto.FLOAT}.get(name, b.dtype(source))
+        shape = {ACTIVATION: nchw, GRADIENT: nchw, LOGITS: b.shapes.get(score_tensor),
+                 HEATMAP: [batch, None, None]}.get(name, [batch])
+        graph.output.append(helper.make_tensor_value_info(name, dtype, shape))
+    _record_metadata(result, target_info, score_tensor, score_output, index, preprocess, heatmap)
+    _check(result)
+    if output is not None:
+        save_model(result, output)
+    return result
+
+
+def _class_selection(model: onnx.ModelProto, b: GraphBuilder, score_tensor: str) -> tuple[str, str]:
+    """Add the gradcam_target_class input; return it and the chosen class (-1 -> top class)."""
+    batch = b.shapes.get(score_tensor, [None])[0]
+    model.graph.input.append(helper.make_tensor_value_info(TARGET_CLASS, TensorProto.INT64, [batch]))
+    top = b.op("ArgMax", score_tensor, axis=1, keepdims=0)
+    chosen = b.op("Where", b.op("Less", TARGET_CLASS, b.const(0, np.int64)), top, TARGET_CLASS)
+    return TARGET_CLASS, chosen
+
+
+def _backpropagate(index: GraphIndex, b: GraphBuilder, target: str, score_tensor: str, seed: str) -> str:
+    """Emit the reverse pass from score_tensor back to target and return d score / d target."""
+    live = index.reaching(target) & index.ancestors(score_tensor)
+    if score_tensor not in live:
+        raise ScoreNotFoundError(f"target {target!r} does not reach the score {score_tensor!r}; "
+                                 "pick a tensor the score depends on (see list_targets)")
+    contributions: dict[str, list[str]] = {score_tensor: [seed]}
+
+    def total(tensor: str) -> Optional[str]:
+        parts = contributions.get(tensor)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b.op("Sum", *parts, hint="grad_sum")
+
+    for node in reversed(index.nodes):
+        if not any(out in live for out in node.output) or not any(i in live for i in node.input if i):
+            continue
+        output_grads = [total(out) if out in live else None for out in node.output]
+        if all(grad is None for grad in output_grads):
+            continue
+        needed = [bool(name) and name in live for name in node.input]
+        for name, grad in zip(node.input, differentiate(node, output_grads, needed, b)):
+            if grad is not None and name in live:
+                contributions.setdefault(name, []).append(grad)
+    gradient = total(target)
+    if gradient is None:
+        raise ScoreNotFoundError(f"no gradient reached target {target!r} from {score_tensor!r}")
+    return gradient
+
+
+def _in_graph_heatmap(b: GraphBuilder, index: GraphIndex, activation: str, gradient: str) -> str:
+    """Grad-CAM heatmap [N,H,W] in [0,1] with standard ONNX ops (resize to the image input size)."""
+    image = image_input(index.model)
+    weights = b.reduce("ReduceMean", gradient, [2, 3], keepdims=1)
+    cam = b.op("Relu", b.reduce("ReduceSum", b.op("Mul", weights, activation), [1], keepdims=1))
+    cam = _min_max(b, b.cast(cam, TensorProto.FLOAT))
+    layout = index.layouts.get(image, "NCHW")
+    start = 1 if layout == "NHWC" else 2
+    image_size = b.slice(b.shape(image), [start], [start + 2], [0])
+    sizes = b.op("Concat", b.slice(b.shape(cam), [0], [2], [0]), image_size, axis=0)
+    resized = b.op("Resize", cam, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    return b.squeeze(_min_max(b, resized), [1])
+
+
+def _min_max(b: GraphBuilder, cam: str) -> str:
+    """Per-image (u - min) / (max - min + 1e-7) of a [N,1,h,w] map."""
+    low = b.reduce("ReduceMin", cam, [1, 2, 3], keepdims=1)
+    high = b.reduce("ReduceMax", cam, [1, 2, 3], keepdims=1)
+    span = b.op("Add", b.op("Sub", high, low), b.const(np.float32(1e-7)))
+    return b.op("Div", b.op("Sub", cam, low), span)
+
+
+def _nchw_shape(info: TargetInfo) -> list:
+    shape = list(info.shape)
+    return [shape[i] for i in TO_NCHW] if info.layout == "NHWC" else shape
+
+
+def image_input(model: onnx.ModelProto) -> str:
+    """Name of the model's image input: its first non-initializer, non-gradcam input."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers and i.name != TARGET_CLASS]
+    return inputs[0]
+
+
+def _record_metadata(model, target_info, score_tensor, score_output, index, preprocess, heatmap) -> None:
+    image = image_input(index.model)
+    image_shape = index.builder.shapes.get(image)
+    values = {
+        "target": target_info.name, "target_layout": target_info.layout,
+        "target_shape": json.dumps(list(target_info.shape)),
+        "score": score_tensor, "score_output": score_output, "input": image,
+        "input_shape": json.dumps(image_shape), "input_layout": index.layouts.get(image, "NCHW"),
+        "opset": str(index.builder.opset), "version": __version__, "heatmap": str(bool(heatmap)).lower()}
+    if preprocess is not None:
+        values["preprocess"] = json.dumps(preprocess if isinstance(preprocess, dict) else preprocess.to_dict())
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        prop = existing.get(METADATA_PREFIX + key) or model.metadata_props.add()
+        prop.key, prop.value = METADATA_PREFIX + key, value
+
+
+def _check(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(without_weights(model))
+    except onnx.checker.ValidationError as error:
+        raise GradCamError(f"the augmented model failed onnx.checker: {error}") from error
+
+
+def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> None:
+    """Write model to path atomically (external data beside it when over 2 GB)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    large = model.ByteSize() >= PROTOBUF_LIMIT
+    onnx.save(model, temporary, save_as_external_data=large,
+              location=os.path.basename(path) + ".data" if large else None)
+    os.replace(temporary, path)
+
+
+def augmented_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The gradcam_* metadata of an augmented model (prefix stripped); empty for a plain model."""
+    return {p.key[len(METADATA_PREFIX):]: p.value for p in model.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}

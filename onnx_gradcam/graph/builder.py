@@ -1,0 +1,136 @@
+"""A small helper that emits ONNX nodes so rules read like the math they build."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+Dim = Optional[object]  # int, a symbolic name (str), or None when unknown
+
+
+class GraphBuilder:
+    """Collects new nodes and constants for a model, with opset-aware helpers."""
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = "gradcam/") -> None:
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.shapes: dict[str, list[Dim]] = {}
+        self.dtypes: dict[str, int] = {}
+        self._count = 0
+        self._constants: dict[tuple, str] = {}
+        self._shape_of: dict[str, str] = {}
+        self._values: dict[str, onnx.TensorProto] = {}
+        graph = model.graph
+        for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+            self._record(info)
+        for tensor in graph.initializer:
+            self.shapes[tensor.name] = list(tensor.dims)
+            self.dtypes[tensor.name] = tensor.data_type
+            self._values[tensor.name] = tensor
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                value = helper.get_attribute_value(node.attribute[0])
+                if isinstance(value, onnx.TensorProto):
+                    self.shapes[node.output[0]] = list(value.dims)
+                    self.dtypes[node.output[0]] = value.data_type
+                    self._values[node.output[0]] = value
+
+    def _record(self, info: onnx.ValueInfoProto) -> None:
+        tensor_type = info.type.tensor_type
+        if tensor_type.elem_type:
+            self.dtypes[info.name] = tensor_type.elem_type
+        if tensor_type.HasField("shape"):
+            self.shapes[info.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tensor_type.shape.dim]
+
+    def name(self, hint: str) -> str:
+        """Return a fresh tensor name."""
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, hint: str = "", **attrs) -> str | list[str]:
+        """Emit one node and return its output name (or names when outputs > 1)."""
+        names = [self.name(hint or op_type.lower()) for _ in range(outputs)]
+        attrs = {key: value for key, value in attrs.items() if value is not None}
+        self.nodes.append(helper.make_node(op_type, list(inputs), names,
+                                           name=self.name(op_type), **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, value, dtype: int | np.dtype | None = None) -> str:
+        """Return an initializer holding value (cached for small constants)."""
+        np_dtype = helper.tensor_dtype_to_np_dtype(dtype) if isinstance(dtype, int) else dtype
+        array = np.asarray(value, dtype=np_dtype)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 16 else None
+        if key is not None and key in self._constants:
+            return self._constants[key]
+        name = self.name("const")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        self.shapes[name] = list(array.shape)
+        self.dtypes[name] = helper.np_dtype_to_tensor_dtype(array.dtype)
+        if key is not None:
+            self._constants[key] = name
+        return name
+
+    def constant_value(self, tensor: str) -> np.ndarray | None:
+        """Value of an initializer or Constant output, None for computed tensors."""
+        proto = self._values.get(tensor)
+        return None if proto is None else numpy_helper.to_array(proto)
+
+    def scalar_like(self, value: float, tensor: str) -> str:
+        """Return a scalar constant with the element type of tensor."""
+        return self.const(value, self.dtype(tensor))
+
+    def dtype(self, tensor: str) -> int:
+        """Element type of tensor (float32 when unknown)."""
+        return self.dtypes.get(tensor, TensorProto.FLOAT)
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shapes.get(tensor)
+        return None if shape is None else len(shape)
+
+    def shape(self, tensor: str) -> str:
+        """Return a Shape node of tensor, one per tensor."""
+        if tensor not in self._shape_of:
+            self._shape_of[tensor] = self.op("Shape", tensor, hint="shape")
+        return self._shape_of[tensor]
+
+    def reshape_like(self, value: str, like: str) -> str:
+        return self.op("Reshape", value, self.shape(like))
+
+    def unsqueeze(self, tensor: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Unsqueeze", tensor, self.const(list(axes), np.int64))
+        return self.op("Unsqueeze", tensor, axes=list(axes))
+
+    def squeeze(self, tensor: str, axes: Sequence[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Squeeze", tensor, self.const(list(axes), np.int64))
+        return self.op("Squeeze", tensor, axes=list(axes))
+
+    def reduce(self, op_type: str, tensor: str, axes: Sequence[int], keepdims: int = 1) -> str:
+        """Emit a Reduce* node; axes moved from attribute to input at opset 13 (ReduceSum) or 18."""
+        axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if axes_as_input:
+            return self.op(op_type, tensor, self.const(list(axes), np.int64), keepdims=keepdims)
+        return self.op(op_type, tensor, axes=list(axes), keepdims=keepdims)
+
+    def slice(self, tensor: str, starts: Sequence[int], ends: Sequence[int], axes: Sequence[int]) -> str:
+        return self.op("Slice", tensor, self.const(list(starts), np.int64),
+                       self.const(list(ends), np.int64), self.const(list(axes), np.int64))
+
+    def cast(self, tensor: str, to: int) -> str:
+        return self.op("Cast", tensor, to=to)
+
+    def zeros_like(self, tensor: str) -> str:
+        value = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(self.dtype(tensor))))
+        return self.op("ConstantOfShape", self.shape(tensor), value=value)
+
+    def element_count_ratio(self, numerator: str, denominator: str, dtype: int) -> str:
+        """Size(numerator) / Size(denominator) as a scalar of dtype (elements folded per output)."""
+        ratio = self.op("Div", self.op("Size", numerator), self.op("Size", denominator))
+        return self.cast(ratio, dtype)

@@ -1,0 +1,165 @@
+"""Colormap, overlay and image I/O; public images are RGB uint8 [H,W,3], BGR exists only at cv2 calls."""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from onnx_gradcam.errors import ImageReadError, InputError
+
+_CAPTION_HEIGHT = 16
+_CAPTION_SCALE = 0.4
+_GAP = 2
+_BACKGROUND = (32, 32, 32)
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """Return the uint8 RGB OpenCV JET colouring of a [H,W] heatmap in [0, 1]."""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2 or heatmap.size == 0:
+        raise InputError(f"heatmap must be a non-empty [H,W] array, got shape {heatmap.shape}")
+    heat = np.rint(np.clip(np.nan_to_num(heatmap), 0, 1) * np.float32(255)).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Return the uint8 RGB blend (1-alpha)*image + alpha*colorize(heatmap), the heatmap resized to the image."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = _rgb_float(image)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim == 2 and heatmap.size and heatmap.shape != rgb.shape[:2]:
+        heatmap = cv2.resize(heatmap, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    blend = np.float32(1 - alpha) * rgb + np.float32(alpha) * colorize(heatmap).astype(np.float32)
+    return np.rint(blend).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Return the image file at path as uint8 RGB [H,W,3]; gray is expanded, alpha dropped, 16-bit scaled."""
+    try:
+        # np.fromfile + imdecode instead of cv2.imread so that non-ASCII paths work on every platform.
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(f"cannot read image {path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"cannot read image {path}: it is a directory") from None
+    except OSError as error:
+        raise ImageReadError(f"cannot read image {path}: {error.strerror or error}") from None
+    if data.size == 0:
+        raise ImageReadError(f"cannot read image {path}: the file is empty")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as error:
+        raise ImageReadError(f"cannot read image {path}: OpenCV failed to decode it ({error})") from None
+    if image is None:
+        raise ImageReadError(f"cannot read image {path}: it is corrupt, truncated or not an image file")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"cannot read image {path}: unsupported pixel type {image.dtype}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Write a uint8 RGB (or gray) image atomically, encoded by the path's extension (.png, .jpg, ...)."""
+    path = Path(path)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.size == 0 or not (
+        image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3))
+    ):
+        raise InputError(f"image must be uint8 [H,W] or [H,W,3], got {image.dtype} {image.shape}")
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    try:
+        encoded, data = cv2.imencode(path.suffix, image)
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise InputError(f"cannot write {path}: OpenCV has no encoder for {path.suffix!r}; use .png or .jpg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A temporary in the same directory makes os.replace an atomic rename: readers never see half a file.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            handle.write(data.tobytes())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray],
+    columns: int = 8,
+    captions: Sequence[str] | None = None,
+    cell: int | None = None,
+) -> np.ndarray:
+    """Return a uint8 RGB grid of the images, each fitted into a cell x cell tile, captions under the tiles."""
+    if len(images) == 0:
+        raise InputError("contact_sheet needs at least one image")
+    if columns < 1 or (cell is not None and cell < 1):
+        raise InputError(f"columns and cell must be positive, got columns={columns}, cell={cell}")
+    if captions is not None and len(captions) != len(images):
+        raise InputError(f"got {len(captions)} captions for {len(images)} images")
+    tiles = [np.rint(_rgb_float(image)).astype(np.uint8) for image in images]
+    cell = cell or max(max(tile.shape[:2]) for tile in tiles)
+    caption_height = 0 if captions is None else _CAPTION_HEIGHT
+    columns = min(columns, len(tiles))
+    rows = math.ceil(len(tiles) / columns)
+    pitch_x, pitch_y = cell + _GAP, cell + caption_height + _GAP
+    sheet = np.empty((rows * pitch_y + _GAP, columns * pitch_x + _GAP, 3), np.uint8)
+    sheet[:] = _BACKGROUND
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        top, left = _GAP + row * pitch_y, _GAP + column * pitch_x
+        fitted = _fit(tile, cell)
+        y, x = top + (cell - fitted.shape[0]) // 2, left + (cell - fitted.shape[1]) // 2
+        sheet[y : y + fitted.shape[0], x : x + fitted.shape[1]] = fitted
+        if captions is not None:
+            _put_caption(sheet, str(captions[index]), left, top + cell, cell)
+    return sheet
+
+
+def _rgb_float(image: np.ndarray) -> np.ndarray:
+    """Return image as float32 RGB [H,W,3] on the 0..255 scale; uint8 or float in [0, 1] accepted."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.size == 0:
+        raise InputError(f"image must be a non-empty [H,W], [H,W,1], [H,W,3] or [H,W,4] array, got {image.shape}")
+    if image.dtype == np.uint8:
+        scaled = image[:, :, :3].astype(np.float32)
+    elif np.issubdtype(image.dtype, np.floating):
+        scaled = np.clip(image[:, :, :3].astype(np.float32), 0, 1) * np.float32(255)
+    else:
+        raise InputError(f"image must be uint8 or float in [0, 1], got dtype {image.dtype}")
+    return np.repeat(scaled, 3, axis=2) if scaled.shape[2] == 1 else scaled
+
+
+def _fit(tile: np.ndarray, cell: int) -> np.ndarray:
+    """Return tile resized to fit inside cell x cell, keeping its aspect ratio."""
+    height, width = tile.shape[:2]
+    scale = cell / max(height, width)
+    if scale == 1:
+        return tile
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(tile, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def _put_caption(sheet: np.ndarray, text: str, left: int, top: int, width: int) -> None:
+    """Draw text (ASCII, shortened with '...' to fit width) in the caption strip at (left, top)."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    text = text.encode("ascii", "replace").decode()  # Hershey fonts draw ASCII only
+    shown = text
+    while shown and cv2.getTextSize(shown, font, _CAPTION_SCALE, 1)[0][0] > width - 2:
+        text = text[:-1]
+        shown = text + "..." if text else ""
+    baseline = top + _CAPTION_HEIGHT - 4
+    cv2.putText(sheet, shown, (left + 1, baseline), font, _CAPTION_SCALE, (235, 235, 235), 1, cv2.LINE_AA)
