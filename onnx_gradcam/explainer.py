@@ -84,6 +84,8 @@ class Explainer:
             preprocess = Preprocess.from_dict(json.loads(self.metadata["preprocess"]))
         if preprocess is not None and preprocess.size is None and None not in self.image_size:
             preprocess = Preprocess.from_dict({**preprocess.to_dict(), "size": list(self.image_size)})
+        if preprocess is not None and preprocess.layout != self.layout:  # only the model's layout can run
+            preprocess = Preprocess.from_dict({**preprocess.to_dict(), "layout": self.layout})
         return preprocess
 
     @property
@@ -96,14 +98,19 @@ class Explainer:
         """Return the float32 model-input batch for arrays, uint8 images or image paths."""
         if isinstance(images, np.ndarray) and images.dtype.kind == "f":
             return self._check_tensor(images)
+        if isinstance(images, np.ndarray) and images.dtype not in (np.uint8, np.uint16):
+            raise InputError(f"input dtype {images.dtype} is not supported: expected float32 "
+                             "(preprocessed, in the model's layout) or uint8 images")
         if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype == np.uint8:
+        if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)
         if not isinstance(images, (list, tuple)) or not images:
             raise InputError(f"images must be a float32 array shaped like the model input "
                              f"{_format_shape(self.input_shape)}, uint8 images, or image paths; "
                              f"got {type(images).__name__}")
+        if all(isinstance(item, np.ndarray) and item.dtype.kind == "f" for item in images):
+            return self._check_tensor(np.stack(images))
         if self.preprocess is None:
             raise InputError("raw images need a preprocessing spec and this model records none: pass "
                              "preprocess=Preprocess(mean=..., std=...) or Preprocess.imagenet()")
@@ -145,6 +152,8 @@ class Explainer:
         """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and A, G on request)."""
         method = reference.normalize_method(method or self.method)
         batch = self.prepare(images)
+        if len(batch) == 0:
+            raise InputError("no images to explain: the batch is empty")
         classes = self._target_classes(target_class, len(batch))
         size = batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4]
         parts: dict[str, list] = {"heatmaps": [], CLASS: [], SCORE: [], LOGITS: [], ACTIVATION: [], GRADIENT: []}
@@ -197,7 +206,7 @@ def _concatenate(parts: list):
 def _input_shape(model: onnx.ModelProto, name: str) -> list:
     for value in model.graph.input:
         if value.name == name:
-            return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
                     for d in value.type.tensor_type.shape.dim]
     raise NotAugmentedError(f"the recorded image input {name!r} is missing from the model")
 

@@ -292,11 +292,14 @@ def test_integer_dtype_raises_input_error(explainer, dtype):
         explainer.explain(np.zeros((2, 3, SIZE, SIZE), dtype))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Explainer.prepare reports 'got ndarray' for a 4-D int32 "
-                                       "array instead of naming the dtype")
 def test_integer_dtype_error_names_the_dtype(explainer):
     with pytest.raises(InputError, match="int32"):
         explainer.explain(np.zeros((2, 3, SIZE, SIZE), np.int32))
+
+
+def test_empty_batch_raises_input_error(explainer):
+    with pytest.raises(InputError, match="empty|no images"):
+        explainer.explain(np.zeros((0, 3, SIZE, SIZE), np.float32))
 
 
 def test_float64_input_is_accepted_and_equals_float32(explainer, images):
@@ -393,3 +396,37 @@ def test_model_exported_with_a_fixed_batch_of_one_explains_three_images(cnn, exp
         assert explanation.activation.shape == (3, 16, 16, 16)
         assert_same_explanation(explanation, explainer.explain(images[:3], target_class=target_class),
                                 atol=1e-5)
+
+
+class ChannelsLast(nn.Module):
+    """The same CNN taking NHWC input, as Keras/TF-style deployments do (a leading Transpose)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.permute(0, 3, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def nhwc_augmented(cnn):
+    buffer = io.BytesIO()
+    torch.onnx.export(ChannelsLast(cnn["module"]), torch.randn(1, SIZE, SIZE, 3), buffer, dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return augment(onnx.load_from_string(buffer.getvalue()))
+
+
+def test_nhwc_model_with_nhwc_preprocessing_equals_the_nchw_model(nhwc_augmented, raw_explainer, raw_images):
+    nhwc = Explainer(nhwc_augmented, preprocess=Preprocess(mean=MEAN, std=STD, layout="NHWC"))
+    assert nhwc.layout == "NHWC"
+    assert_same_explanation(nhwc.explain(raw_images), raw_explainer.explain(raw_images), atol=1e-5)
+    floats = manual_preprocess(raw_images).transpose(0, 2, 3, 1)
+    explanation = nhwc.explain(np.ascontiguousarray(floats), keep_tensors=True)
+    assert explanation.heatmaps.shape == (4, SIZE, SIZE) and explanation.activation.shape == (4, 16, 16, 16)
+
+
+def test_nhwc_model_with_a_layout_free_preprocessing_spec(nhwc_augmented, raw_explainer, raw_images):
+    nhwc = Explainer(nhwc_augmented, preprocess=Preprocess(mean=MEAN, std=STD))
+    assert_same_explanation(nhwc.explain(raw_images), raw_explainer.explain(raw_images), atol=1e-5)

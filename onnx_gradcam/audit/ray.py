@@ -82,7 +82,8 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
         gpu = config.device.startswith("cuda")
         dataset = ray.data.from_items([{"path": item.path, "label": item.label or ""} for item in pending])
         dataset = dataset.map_batches(
-            AuditActor, batch_size=config.batch_size, batch_format="pyarrow", concurrency=config.workers,
+            AuditActor, batch_size=config.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=config.workers),
             num_cpus=1, num_gpus=1 if gpu else 0,
             fn_constructor_kwargs=dict(
                 model_bytes=model.model_bytes, device=config.device, method=config.method,

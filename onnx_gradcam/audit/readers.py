@@ -33,29 +33,30 @@ def collect_inputs(inputs: Sequence[str], exclude: Optional[os.PathLike] = None)
     scanned); .txt/.lst/.list files list one path per line; .csv/.parquet manifests have a path column
     and an optional label column. Relative paths in lists and manifests are relative to that file.
     A plain path is kept even if it does not exist: the audit records why it could not be read.
-    Files under exclude (the audit's own output folder) are skipped.
+    Folder scans and globs skip what lies under exclude (the audit's own output folder).
     """
-    excluded = os.path.abspath(exclude) + os.sep if exclude is not None else None
+    excluded = os.path.abspath(exclude) if exclude is not None else None
     seen: dict[str, InputItem] = {}
-    for item in _expand(inputs):
-        if excluded and (item.path + os.sep).startswith(excluded):
-            continue
+    for item in _expand(inputs, excluded):
         seen.setdefault(item.path, item)
     return list(seen.values())
 
 
-def _expand(inputs: Sequence[str]) -> Iterable[InputItem]:
+def _expand(inputs: Sequence[str], excluded: Optional[str]) -> Iterable[InputItem]:
     for entry in inputs:
         entry = os.fspath(entry)
         suffix = Path(entry).suffix.lower()
         if os.path.isdir(entry):
-            yield from _scan_folder(entry)
+            yield from _scan_folder(entry, excluded)
         elif glob.has_magic(entry) and not os.path.exists(entry):
             matches = sorted(glob.glob(entry, recursive=True))
             if not matches:
                 raise InputError(f"the pattern {entry!r} matches no file")
             for match in matches:
-                yield from _scan_folder(match) if os.path.isdir(match) else [_item(match)]
+                if os.path.isdir(match):
+                    yield from _scan_folder(match, excluded)
+                elif not _inside(os.path.abspath(match), excluded):
+                    yield _item(match)
         elif suffix in LIST_SUFFIXES and os.path.isfile(entry):
             yield from read_file_list(entry)
         elif suffix in MANIFEST_SUFFIXES and os.path.isfile(entry):
@@ -70,10 +71,17 @@ def _item(path: str, label: Optional[str] = None, base: Optional[str] = None) ->
     return InputItem(os.path.abspath(path), label)
 
 
-def _scan_folder(folder: str) -> Iterable[InputItem]:
+def _inside(path: str, folder: Optional[str]) -> bool:
+    return folder is not None and (path == folder or path.startswith(folder + os.sep))
+
+
+def _scan_folder(folder: str, excluded: Optional[str] = None) -> Iterable[InputItem]:
     """Image files under folder in sorted order; symlinked folders are not followed (no loops)."""
     found = []
     for root, dirs, files in os.walk(folder):
+        if _inside(os.path.abspath(root), excluded):
+            dirs[:] = []
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(os.path.join(root, name) for name in files
                      if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES)

@@ -76,8 +76,7 @@ def _launch(cupy, activation, gradient, method, heatmap, images=None, overlay=No
         return
     area = height * width
     with activation.device:
-        dtype = activation.dtype.name
-        kernel = _module(dtype, method).get_function(kernel_name(dtype, method, overlay is not None))
+        kernel = _kernel(activation.dtype.name, method, overlay is not None)
         slices = _slices(batch, channels, _multiprocessors(activation.device.id))
         cam_in_workspace = area > _SHARED_CAM_FLOATS
         workspace = cupy.empty(batch * slices * area, cupy.float32) if slices > 1 or cam_in_workspace else None
@@ -110,9 +109,14 @@ def _multiprocessors(device_id: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _module(dtype: str, method: str):
-    """Compile (lazily, once per device, by CuPy) the two variants of one dtype and method."""
+    """One module per dtype and method, with and without overlay; CuPy compiles it on first use on each device."""
     names = [kernel_name(dtype, method, overlay) for overlay in (False, True)]
     return _cupy().RawModule(code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=names)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(dtype: str, method: str, overlay: bool):
+    return _module(dtype, method).get_function(kernel_name(dtype, method, overlay))
 
 
 def _read_kernel_file(name: str) -> str:

@@ -271,13 +271,14 @@ def _input_name(image_input) -> str:
 
 
 def _output_names(model, exclude: set[str]) -> list[str]:
+    """The model's output names (layer names for Sequential models), unique and apart from exclude."""
     names = list(getattr(model, "output_names", None) or [])
     if len(names) != len(model.outputs):
-        names = [f"output_{index}" for index in range(len(model.outputs))]
-    result = []
+        history = [getattr(output, "_keras_history", None) for output in model.outputs]
+        names = [getattr(h[0], "name", "") if h else "" for h in history]
+    result: list[str] = []
     for index, name in enumerate(names):
-        name = name if name and name not in exclude and name not in result else f"output_{index}"
-        result.append(name)
+        result.append(name if name and name not in exclude and name not in result else f"output_{index}")
     return result
 
 

@@ -30,12 +30,34 @@ PROTOBUF_LIMIT = 2**31 - 1
 def _analyse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphBuilder, GraphIndex]:
     """Shape-infer a weightless copy of model and index it."""
     inferred = without_weights(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
-    except Exception:  # a graph shape inference cannot follow still gets best-effort shapes
-        pass
+    for _ in range(8):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+        except Exception:  # a graph shape inference cannot follow still gets best-effort shapes
+            break
+        if not _seed_reshape_ranks(inferred):
+            break
     builder = GraphBuilder(inferred)
     return inferred, builder, GraphIndex(inferred, builder)
+
+
+def _seed_reshape_ranks(model: onnx.ModelProto) -> bool:
+    """Give shapeless Reshape outputs their rank (the length of the shape input); True if any was added.
+
+    Reshape(x, Concat(Shape(x)[0], [-1])) (Keras' Flatten, torch's x.view(x.size(0), -1)) has a rank
+    known from the shape input's length even where inference cannot compute the dims.
+    """
+    builder = GraphBuilder(model)
+    added = False
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.output[0] in builder.shapes:
+            continue
+        shape_input = builder.shapes.get(node.input[1])
+        if shape_input and len(shape_input) == 1 and isinstance(shape_input[0], int):
+            model.graph.value_info.append(helper.make_tensor_value_info(
+                node.output[0], builder.dtypes.get(node.input[0], TensorProto.FLOAT), [None] * shape_input[0]))
+            added = True
+    return added
 
 
 def list_targets(model: ModelLike, score: str = "auto") -> list[TargetInfo]:
@@ -149,7 +171,9 @@ def _in_graph_heatmap(b: GraphBuilder, index: GraphIndex, activation: str, gradi
     start = 1 if layout == "NHWC" else 2
     image_size = b.slice(b.shape(image), [start], [start + 2], [0])
     sizes = b.op("Concat", b.slice(b.shape(cam), [0], [2], [0]), image_size, axis=0)
-    resized = b.op("Resize", cam, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    # Resize-11/12 require the roi and scales inputs, later opsets accept them empty.
+    unused = b.const(np.zeros(0, np.float32)) if b.opset < 13 else ""
+    resized = b.op("Resize", cam, unused, unused, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
     return b.squeeze(_min_max(b, resized), [1])
 
 

@@ -329,10 +329,6 @@ def test_gradient_matches_float64_finite_differences_of_the_logit(case, target_c
 
 
 def test_explainer_runs_on_the_augmented_model(case, request):
-    if case["name"] == "paddle2onnx_opset11":
-        # paddle2onnx writes dynamic dims as dim_value -1; Explainer takes -1 for a fixed batch size.
-        request.applymarker(pytest.mark.xfail(raises=ValueError, strict=True,
-                                              reason="bug: Explainer treats dim_value -1 as a static batch"))
     explainer = Explainer(case["augmented"])
     explanation = explainer.explain(case["images"], keep_tensors=True)
     assert explanation.heatmaps.shape == (BATCH, 32, 32)
@@ -342,9 +338,6 @@ def test_explainer_runs_on_the_augmented_model(case, request):
     assert explanation.activation.shape[1] == 16
 
 
-@pytest.mark.xfail(raises=UnsupportedOpError, strict=True,
-                   reason="bug: augment needs the rank of Reshape([batch, -1]) outputs that ONNX shape "
-                          "inference leaves unknown when the batch is symbolic and no value_info is given")
 @pytest.mark.parametrize("product_of_dims", [False, True], ids=["concat_minus_one", "reduce_prod"])
 def test_reshape_from_runtime_shape_without_value_info_matches_finite_differences(product_of_dims):
     plain = tf2onnx_style(product_of_dims=product_of_dims, value_info=False)
@@ -378,9 +371,6 @@ def test_paddle_clip_with_min_max_inputs_matches_finite_differences_when_target_
 
 
 def test_in_graph_heatmap_equals_the_numpy_reference(case, request):
-    if case["name"] == "paddle2onnx_opset11":
-        request.applymarker(pytest.mark.xfail(raises=GradCamError, strict=True, reason=(
-            "bug: heatmap=True emits Resize(X, '', '', sizes); Resize-11/12 need roi and scales inputs")))
     augmented = augment(case["plain"], target="auto", heatmap=True)
     result = run(augmented, {case["input"]: case["images"], TARGET_CLASS: np.full(BATCH, -1, np.int64)})
     expected = reference.heatmaps(result[ACTIVATION], result[GRADIENT], "gradcam", (32, 32))

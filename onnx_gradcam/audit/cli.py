@@ -1,0 +1,132 @@
+"""`onnx-gradcam audit`: the subcommand's arguments, and a standalone entry point (python -m onnx_gradcam.audit.cli)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..errors import GradCamError
+
+DESCRIPTION = """Explain every image of a dataset with an ONNX classifier. Writes records.parquet (one row per
+input: prediction, explained class, heatmap statistics, status and reason), optional heatmap shards and
+overlays, and report.html. Rerunning the same command resumes an interrupted run. Exit code: 0 when every
+input was explained, 1 when some failed (records.parquet says why), 2 on usage errors."""
+
+
+def add_audit_parser(subparsers) -> None:
+    """Add the `audit` subcommand to an argparse subparsers object."""
+    from ..cam.reference import METHODS
+
+    audit = subparsers.add_parser("audit", help="explain a whole dataset: records, heatmaps, overlays, HTML report",
+                                  description=DESCRIPTION)
+    audit.add_argument("model", help="ONNX model (augmented, or plain: then augmented on the fly)")
+    audit.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="image files, folders (recursive), globs, .txt file lists, or CSV/Parquet manifests "
+                            "with a path column and an optional label column")
+    audit.add_argument("-o", "--out", required=True, help="output folder (rerun with the same one to resume)")
+    audit.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    audit.add_argument("--batch", type=_positive, default=32, help="images per model run (default 32)")
+    audit.add_argument("--method", default="gradcam", choices=METHODS)
+    audit.add_argument("--class", dest="target_class", default=None, metavar="N|LABEL",
+                       help="class to explain, as an index or a name from --labels (default: each image's top class)")
+    audit.add_argument("--labels", help="class names: one per line, or JSON")
+    audit.add_argument("--save", type=_save_list, default=frozenset(), metavar="overlays,heatmaps",
+                       help="also write overlay images and/or heatmap shards (.npz)")
+    audit.add_argument("--workers", type=_non_negative, default=0,
+                       help="decoding threads, or Ray actors with --ray (default: CPU cores, at most 8)")
+    audit.add_argument("--csv", action="store_true", help="also write records.csv")
+    audit.add_argument("--ray", action="store_true", help="run on Ray Data (a local instance unless --ray-address)")
+    audit.add_argument("--ray-address", help="address of a running Ray cluster (implies --ray)")
+    audit.add_argument("--preprocess", help="'imagenet', 'none', or a JSON spec/file (default: from the model)")
+    audit.add_argument("--target", default="auto", help="target tensor when MODEL is not augmented yet")
+    audit.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
+    audit.add_argument("--max-pixels", type=_pixels, default=100_000_000,
+                       help="refuse larger images with a reason (default 100e6)")
+    audit.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
+    audit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    audit.set_defaults(func=run_audit_command)
+
+
+def run_audit_command(args: argparse.Namespace) -> int:
+    """Run the audit the parsed arguments describe; return the exit code (0 all explained, 1 some failed)."""
+    try:
+        from .config import AuditConfig
+        from .runner import run_audit
+    except ImportError as error:
+        raise GradCamError(f"audit needs pyarrow ({error}): pip install 'onnx-gradcam[audit]'") from error
+    config = AuditConfig(
+        model=args.model, inputs=args.inputs, out_dir=args.out, device=args.device, batch_size=args.batch,
+        method=args.method, target_class=args.target_class, labels_file=args.labels, save=args.save,
+        workers=args.workers, csv=args.csv, ray=args.ray or bool(args.ray_address), ray_address=args.ray_address,
+        preprocess=args.preprocess, target=args.target, overlay_format=args.overlay_format,
+        max_pixels=args.max_pixels, report=args.report, progress=args.progress)
+    summary = run_audit(config)
+    print(format_summary(summary))
+    return summary.exit_code
+
+
+def format_summary(summary) -> str:
+    """Human-readable lines about a finished audit."""
+    lines = [f"audited {summary.records} inputs into {summary.out_dir}: {summary.ok} explained, "
+             f"{summary.errors} failed, {summary.duplicates} duplicate content"]
+    if summary.accuracy is not None:
+        lines.append(f"accuracy {summary.accuracy:.2%} on {summary.labelled} labelled images")
+    if summary.images_per_second:
+        busy = f", runtime busy {summary.busy_share:.0%}" if summary.busy_share is not None else ""
+        lines.append(f"this run: {summary.processed} images in {summary.seconds:.1f} s "
+                     f"({summary.images_per_second:.1f} images/s{busy}); {summary.resumed} were already done")
+    if summary.report:
+        lines.append(f"report: {summary.report}")
+    if summary.errors:
+        lines.append("some inputs failed: their status and reason are in records.parquet")
+    return "\n".join(lines)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
+def _pixels(value: str) -> int:
+    try:
+        number = int(float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pixel count such as 100e6, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def _save_list(value: str) -> frozenset:
+    from .config import SAVE_CHOICES
+
+    chosen = frozenset(part.strip() for part in value.split(",") if part.strip())
+    unknown = chosen - set(SAVE_CHOICES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(SAVE_CHOICES)}; got {','.join(sorted(unknown))}")
+    return chosen
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Standalone entry point: `python -m onnx_gradcam.audit.cli audit MODEL INPUT... --out DIR`."""
+    parser = argparse.ArgumentParser(prog="onnx-gradcam")
+    add_audit_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GradCamError as error:
+        print(f"onnx-gradcam: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
