@@ -45,7 +45,8 @@ def main() -> None:
     from onnx_gradcam.cam import fused
 
     device = _device_info(cupy)
-    print(f"{device['name']}: peak {device['peak_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s ({device['peak_source']})")
+    peak = device["peak_bandwidth_bytes_per_s"]
+    print(f"{device['name']}: peak {peak / 1e12 if peak else float('nan'):.2f} TB/s ({device['peak_source']})")
     torch = _torch_cuda()
     rows = []
     for model in args.models:
@@ -56,10 +57,9 @@ def main() -> None:
                 print(f"{model} batch {batch}: skipped, needs about {needed / 2**30:.1f} GiB")
                 continue
             rows.append(_bench(cupy, torch, fused, model, batch, args))
-            _print_row(rows[-1], device)
+            rows[-1]["fused_fraction_of_peak"] = rows[-1]["fused_bandwidth_bytes_per_s"] / peak if peak else None
+            _print_row(rows[-1])
             cupy.get_default_memory_pool().free_all_blocks()
-    for row in rows:
-        row["fused_fraction_of_peak"] = row["fused_bandwidth_bytes_per_s"] / device["peak_bandwidth_bytes_per_s"]
 
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"fused_vs_eager-{re.sub(r'[^A-Za-z0-9]+', '-', device['name']).strip('-').lower()}"
@@ -213,16 +213,18 @@ def _device_info(cupy) -> dict:
         peak = 0
     source = "device attributes"
     if not peak:
-        peak = next((value for key, value in PEAK_BANDWIDTH.items() if key in name), float("nan"))
-        source = "spec table"
+        peak = next((value for key, value in PEAK_BANDWIDTH.items() if key in name), None)
+        source = "spec table" if peak else "unknown: add this GPU to PEAK_BANDWIDTH"
     info.update(peak_bandwidth_bytes_per_s=peak, peak_source=source)
     return info
 
 
-def _print_row(row: dict, device: dict) -> None:
+def _print_row(row: dict) -> None:
     times = "  ".join(f"{name} {ms:8.3f} ms" for name, ms in row["ms"].items())
-    fraction = row["fused_bandwidth_bytes_per_s"] / device["peak_bandwidth_bytes_per_s"]
-    print(f"{row['model']:>8} batch {row['batch']:>4}: {times}  fused {fraction:5.1%} of peak bandwidth")
+    bandwidth = f"{row['fused_bandwidth_bytes_per_s'] / 1e9:7.1f} GB/s"
+    if row["fused_fraction_of_peak"] is not None:
+        bandwidth += f" = {row['fused_fraction_of_peak']:5.1%} of peak"
+    print(f"{row['model']:>8} batch {row['batch']:>4}: {times}  fused {bandwidth}")
 
 
 def _plot(rows: list[dict], device: dict, path: Path) -> None:
@@ -241,7 +243,7 @@ def _plot(rows: list[dict], device: dict, path: Path) -> None:
             axes[0, column].plot(*zip(*points), marker="o", label=name)
         axes[0, column].set(xscale="log", yscale="log", title=model, xlabel="batch", ylabel="ms per batch")
         axes[0, column].legend()
-        axes[1, column].plot(batches, [row["fused_fraction_of_peak"] for row in mine], marker="o")
+        axes[1, column].plot(batches, [row["fused_fraction_of_peak"] or 0 for row in mine], marker="o")
         axes[1, column].set(xscale="log", ylim=(0, 1), xlabel="batch", ylabel="fused: fraction of peak bandwidth")
     figure.suptitle(f"Grad-CAM heatmaps on {device['name']}")
     figure.tight_layout()

@@ -111,7 +111,7 @@ __global__ void gradcam_fused(const T* __restrict__ activation, const T* __restr
     //    groups-th channel, so small maps still keep every thread busy. The sum runs in double:
     //    min-max normalization magnifies its rounding when the map is a large positive baseline
     //    plus small variation (gradcam++, layercam with K = 2048), and the kernel is memory bound.
-    const int groups = area < (int)blockDim.x ? blockDim.x / area : 1;
+    const int groups = !cam_in_workspace && area < (int)blockDim.x ? blockDim.x / area : 1;
     for (int item = threadIdx.x; item < groups * area; item += blockDim.x) cam[item] = 0.0f;
     for (int chunk = first_channel; chunk < end_channel; chunk += blockDim.x) {
         const int chunk_end = min(end_channel, chunk + (int)blockDim.x);

@@ -5,16 +5,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 
-from .cam import reference
+from .cam import attribution, reference
 from .errors import InputError, NotAugmentedError
-from .graph.augment import (ACTIVATION, CLASS, GRADIENT, LOGITS, SCORE, TARGET_CLASS,
-                            augmented_metadata)
+from .graph.augment import (ACTIVATION, CLASS, GRADIENT, GUIDED_GRADIENT, INPUT_GRADIENT, LOGITS,
+                            SCORE, TARGET_CLASS, augmented_metadata)
 from .graph.io import ModelLike, load_model
+from .graph.prune import keep_outputs
 from .preprocess import Preprocess
 from .render import read_image
 from .runtime import Session
@@ -33,6 +34,7 @@ class Explanation:
     method: str
     activation: Optional[Any] = None
     gradient: Optional[Any] = None
+    attribution: Optional[np.ndarray] = None  # [N,C,H,W] for input-gradient methods
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -64,7 +66,7 @@ class Explainer:
                 "Explainer(onnx_gradcam.augment(model)) or `onnx-gradcam augment MODEL -o OUT`")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        self.method = reference.normalize_method(method)
+        self.method = normalize_method(method)
         self.input_name = self.metadata["input"]
         self.input_shape = _input_shape(proto, self.input_name)
         # A model exported with a fixed batch size runs in chunks of exactly that size.
@@ -73,9 +75,10 @@ class Explainer:
         self.layout = self.metadata.get("input_layout", "NCHW")
         self.num_classes = _num_classes(proto)
         self.preprocess = self._preprocess_spec(preprocess)
-        self.session = Session(proto, device=device, providers=providers)
-        self.device = self.session.device
-        self.outputs = [ACTIVATION, GRADIENT, CLASS, SCORE, LOGITS]
+        self.model, self.device_spec, self.providers = proto, device, providers
+        self.output_names = [o.name for o in proto.graph.output]
+        self._sessions: dict[frozenset, Session] = {}
+        self.device = self._session([ACTIVATION, GRADIENT] + SUMMARY).device
 
     def _preprocess_spec(self, preprocess) -> Optional[Preprocess]:
         if isinstance(preprocess, dict):
@@ -148,46 +151,142 @@ class Explainer:
         return np.ascontiguousarray(classes)
 
     def explain(self, images: ImageInput, target_class=None, method: Optional[str] = None,
-                keep_tensors: bool = False, progress: bool = False) -> Explanation:
-        """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and A, G on request)."""
-        method = reference.normalize_method(method or self.method)
+                keep_tensors: bool = False, progress: bool = False, samples: int = 16,
+                noise_level: float = 0.15, steps: int = 32, baseline: Optional[np.ndarray] = None,
+                seed: int = 0) -> Explanation:
+        """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and tensors on request).
+
+        CAM methods (gradcam, gradcam++, xgradcam, hirescam, layercam) need only the augmented model;
+        input-gradient methods need it augmented with input_gradient=True (saliency, smoothgrad,
+        integrated_gradients) or guided=True (guided_backprop, guided_gradcam). smoothgrad uses
+        `samples` noisy copies (noise std = noise_level * value range); integrated_gradients uses
+        `steps` Gauss-Legendre points from `baseline` (zeros by default); both run as batches.
+        """
+        method = normalize_method(method or self.method)
         batch = self.prepare(images)
         if len(batch) == 0:
             raise InputError("no images to explain: the batch is empty")
         classes = self._target_classes(target_class, len(batch))
-        size = batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4]
-        parts: dict[str, list] = {"heatmaps": [], CLASS: [], SCORE: [], LOGITS: [], ACTIVATION: [], GRADIENT: []}
+        size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
+        if method in reference.METHODS:
+            return self._explain_cam(batch, classes, method, size, keep_tensors, progress)
+        return self._explain_input(batch, classes, method, size, progress, samples, noise_level,
+                                   steps, baseline, seed)
+
+    def _explain_cam(self, batch, classes, method, size, keep_tensors, progress) -> Explanation:
+        parts: dict[str, list] = {"heatmaps": [], ACTIVATION: [], GRADIENT: []}
+        outputs, part_list = [ACTIVATION, GRADIENT] + SUMMARY, []
+        for result in self._run(batch, classes, outputs, progress, part_list):
+            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result[GRADIENT], method, size))
+            if keep_tensors:
+                parts[ACTIVATION].append(result[ACTIVATION])
+                parts[GRADIENT].append(result[GRADIENT])
+        summary = _join_summary(part_list)
+        return Explanation(heatmaps=_concatenate(parts["heatmaps"]), method=method, **summary,
+                           activation=_concatenate(parts[ACTIVATION]) if keep_tensors else None,
+                           gradient=_concatenate(parts[GRADIENT]) if keep_tensors else None)
+
+    def _explain_input(self, batch, classes, method, size, progress, samples, noise_level, steps,
+                       baseline, seed) -> Explanation:
+        guided = method in ("guided_backprop", "guided_gradcam")
+        gradient_name = GUIDED_GRADIENT if guided else INPUT_GRADIENT
+        outputs = [gradient_name] + ([ACTIVATION, GRADIENT] if method == "guided_gradcam" else []) + SUMMARY
+        self._require(gradient_name, "guided=True" if guided else "input_gradient=True", method)
+        if method in ("smoothgrad", "integrated_gradients"):
+            # The explained class is the clean image's: fix it before sampling around the image.
+            summary = _join_summary(list(self._run(batch, classes, SUMMARY, False, [])))
+            if method == "smoothgrad":
+                inputs, repeat = attribution.smoothgrad_inputs(batch, samples, noise_level, seed), samples
+            else:
+                points, weights = attribution.path_points(steps)
+                start = np.zeros_like(batch) if baseline is None else np.broadcast_to(
+                    np.asarray(baseline, np.float32), batch.shape)
+                inputs, repeat = attribution.integrated_gradients_inputs(batch, start, points), steps
+            gradients = _concatenate([_host(r[gradient_name]) for r in self._run(
+                inputs, np.repeat(summary["classes"], repeat), [gradient_name], progress, [])])
+            if method == "smoothgrad":
+                result = attribution.smoothgrad(gradients, samples)
+            else:
+                result = attribution.integrated_gradients(gradients, weights, self._nchw(batch - start))
+        else:
+            chunks, part_list = [], []
+            for output in self._run(batch, classes, outputs, progress, part_list):
+                gradient = _host(output[gradient_name])
+                if method == "guided_gradcam":
+                    cam = reference.heatmaps(_host(output[ACTIVATION]), _host(output[GRADIENT]), "gradcam", size)
+                    gradient = attribution.guided_gradcam(gradient, cam)
+                chunks.append(gradient)
+            summary, result = _join_summary(part_list), _concatenate(chunks)
+        return Explanation(heatmaps=attribution.attribution_heatmaps(result), method=method,
+                           attribution=result, **summary)
+
+    def _nchw(self, batch: np.ndarray) -> np.ndarray:
+        return batch.transpose(0, 3, 1, 2) if self.layout == "NHWC" else batch
+
+    def _require(self, output: str, flag: str, method: str) -> None:
+        if output not in self.output_names:
+            raise InputError(f"method {method!r} needs the model augmented with {flag}: "
+                             f"onnx_gradcam.augment(model, {flag}) or `onnx-gradcam augment --{flag.split('=')[0].replace('_', '-')}`")
+
+    def _session(self, outputs: Sequence[str]) -> Session:
+        """A session computing just these outputs (ONNX Runtime would run every node otherwise)."""
+        key = frozenset(outputs)
+        if key not in self._sessions:
+            wanted = [name for name in self.output_names if name in key]
+            everything = set(self.output_names) <= key
+            model = self.model if everything else keep_outputs(self.model, wanted)
+            self._sessions[key] = Session(model, device=self.device_spec, providers=self.providers)
+        return self._sessions[key]
+
+    def _run(self, batch: np.ndarray, classes: np.ndarray, outputs: Sequence[str], progress: bool,
+             summaries: list) -> Iterator[dict]:
+        """Run batch in chunks of batch_size; yield each chunk's outputs, collect class/score/logits."""
+        session = self._session(outputs)
         starts = range(0, len(batch), self.batch_size)
         if progress:
             from tqdm import tqdm
             starts = tqdm(starts, unit="batch", desc="explain")
         for start in starts:
-            stop = start + self.batch_size
-            chunk, chunk_classes = batch[start:stop], classes[start:stop]
-            if self.static_batch and len(chunk) < self.static_batch:  # pad to the model's fixed batch
-                missing = self.static_batch - len(chunk)
+            chunk, chunk_classes = batch[start:start + self.batch_size], classes[start:start + self.batch_size]
+            count = len(chunk)
+            if self.static_batch and count < self.static_batch:  # pad to the model's fixed batch
+                missing = self.static_batch - count
                 chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
                 chunk_classes = np.concatenate([chunk_classes, np.full(missing, -1, np.int64)])
-            result = self.session.run({self.input_name: chunk, TARGET_CLASS: chunk_classes}, self.outputs)
-            if len(chunk) > stop - start or stop > len(batch):
-                result = {name: value[:min(stop, len(batch)) - start] for name, value in result.items()}
-            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result[GRADIENT], method, tuple(size)))
-            for name in (CLASS, SCORE, LOGITS):
-                parts[name].append(_host(result[name]))
-            if keep_tensors:
-                parts[ACTIVATION].append(result[ACTIVATION])
-                parts[GRADIENT].append(result[GRADIENT])
-        join = _concatenate
-        return Explanation(heatmaps=join(parts["heatmaps"]), classes=join(parts[CLASS]),
-                           scores=join(parts[SCORE]), logits=join(parts[LOGITS]), method=method,
-                           activation=join(parts[ACTIVATION]) if keep_tensors else None,
-                           gradient=join(parts[GRADIENT]) if keep_tensors else None)
+            result = session.run({self.input_name: chunk, TARGET_CLASS: chunk_classes}, list(outputs))
+            if len(chunk) > count:
+                result = {name: value[:count] for name, value in result.items()}
+            summaries.append({name: _host(result[name]) for name in SUMMARY if name in result})
+            yield result
 
     def _heatmaps(self, activation, gradient, method: str, size: tuple[int, int]):
         if self.device == "cuda":
             from .cam import fused
             return fused.heatmaps(activation, gradient, method, size)
         return reference.heatmaps(activation, gradient, method, size)
+
+
+SUMMARY = [CLASS, SCORE, LOGITS]
+
+
+def normalize_method(name: str) -> str:
+    """Canonical name of a CAM or input-gradient method (InputError listing all when unknown)."""
+    canonical = attribution.normalize_input_method(name)
+    if canonical is not None:
+        return canonical
+    try:
+        return reference.normalize_method(name)
+    except InputError:
+        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+METHODS = reference.METHODS + attribution.INPUT_METHODS
+
+
+def _join_summary(parts: list[dict]) -> dict:
+    return {"classes": np.concatenate([p[CLASS] for p in parts]),
+            "scores": np.concatenate([p[SCORE] for p in parts]),
+            "logits": np.concatenate([p[LOGITS] for p in parts])}
 
 
 def _host(value) -> np.ndarray:

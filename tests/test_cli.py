@@ -291,10 +291,25 @@ def test_unknown_target_lists_candidates(files, tmp_path, capsys):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_target_behind_a_conv_names_the_op_and_node(files, tmp_path, capsys):
-    # Grad-CAM rules cover head ops; a Conv between target and score is a clear error, not a wrong answer.
+def test_target_behind_a_conv_is_differentiated(files, tmp_path, capsys):
     code = main(["augment", str(files["plain"]), "-o", str(tmp_path / "out.onnx"), "--target", "relu1"])
-    assert_clean_error(capsys, code, "'Conv'", "'conv2'")
+    assert code == 0 and "relu1" in capsys.readouterr().out
+
+
+def test_op_without_rule_names_the_op_and_node(tmp_path, capsys):
+    # An op with no differentiation rule between target and score is a clear error, not a wrong answer.
+    weight = onnx.numpy_helper.from_array(np.ones((4, 2), np.float32), "weight")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["image"], ["features"], name="relu"),
+         onnx.helper.make_node("Erf", ["features"], ["smooth"], name="the_erf"),
+         onnx.helper.make_node("Flatten", ["smooth"], ["flat"], name="flatten"),
+         onnx.helper.make_node("MatMul", ["flat", "weight"], ["logits"], name="head")],
+        "erf", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 2, 2])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], [weight])
+    path = tmp_path / "erf.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    code = main(["augment", str(path), "-o", str(tmp_path / "out.onnx"), "--target", "features"])
+    assert_clean_error(capsys, code, "'Erf'", "'the_erf'")
 
 
 def test_augment_without_output(files, capsys):

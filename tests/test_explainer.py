@@ -364,8 +364,10 @@ def test_truncated_model_file_raises_model_load_error(cnn, tmp_path):
 def test_unknown_method_raises_input_error(cnn, explainer, images):
     with pytest.raises(InputError, match="gradcam, gradcam\\+\\+, xgradcam, hirescam, layercam"):
         Explainer(cnn["augmented"], method="scorecam")
-    with pytest.raises(InputError, match="unknown Grad-CAM method"):
+    with pytest.raises(InputError, match="unknown method .eigencam."):
         explainer.explain(images, method="eigencam")
+    with pytest.raises(InputError, match="saliency, guided_backprop, guided_gradcam, smoothgrad, integrated_gradients"):
+        explainer.explain(images, method="occlusion")
 
 
 def test_bad_batch_size_and_device_raise_input_error(cnn):

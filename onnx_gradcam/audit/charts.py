@@ -36,7 +36,8 @@ def bars(labels: Sequence[str], counts: Sequence[float], title: str, x_label: st
     for index, (label, count) in enumerate(zip(labels, counts)):
         height = plot_height * (float(count) / top if top else 0)
         x = MARGIN_LEFT + index * slot
-        parts.append(f'<rect x="{x + 1:.1f}" y="{MARGIN_TOP + plot_height - height:.1f}" width="{max(1.0, slot - 2):.1f}" '
+        parts.append(f'<rect x="{x + 1:.1f}" y="{MARGIN_TOP + plot_height - height:.1f}" '
+                     f'width="{max(1.0, slot - 2):.1f}" '
                      f'height="{height:.1f}" fill="{BAR_COLOR}"><title>{escape(str(label))}: '
                      f'{escape(value_format.format(count))}</title></rect>')
         if label and index % tick_every == 0:
@@ -59,7 +60,8 @@ def scatter_density(xs: Sequence[float], ys: Sequence[float], title: str, cells:
     left = (WIDTH - side) / 2
     peak = counts.max() or 1.0
     parts = [_open(title), _text(WIDTH / 2, 16, title, size=13, anchor="middle", weight="bold"),
-             f'<rect x="{left:.1f}" y="{MARGIN_TOP}" width="{side:.1f}" height="{side:.1f}" fill="#f4f4f4" stroke="#999"/>']
+             f'<rect x="{left:.1f}" y="{MARGIN_TOP}" width="{side:.1f}" height="{side:.1f}" '
+             'fill="#f4f4f4" stroke="#999"/>']
     for row in range(cells):
         for column in range(cells):
             if counts[row, column]:
@@ -72,7 +74,7 @@ def scatter_density(xs: Sequence[float], ys: Sequence[float], title: str, cells:
 
 
 def _open(title: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
+    return (f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
             f'height="{HEIGHT}" role="img" aria-label="{escape(title)}" font-family="sans-serif">')
 
 

@@ -42,6 +42,8 @@ def add_audit_parser(subparsers) -> None:
     audit.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
     audit.add_argument("--max-pixels", type=_pixels, default=100_000_000,
                        help="refuse larger images with a reason (default 100e6)")
+    audit.add_argument("--commit-every", type=_positive, default=256, metavar="N",
+                       help="commit records every N images (or 10 s); a killed run redoes at most that much")
     audit.add_argument("--no-report", dest="report", action="store_false", help="skip report.html")
     audit.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     audit.set_defaults(func=run_audit_command)
@@ -59,10 +61,21 @@ def run_audit_command(args: argparse.Namespace) -> int:
         method=args.method, target_class=args.target_class, labels_file=args.labels, save=args.save,
         workers=args.workers, csv=args.csv, ray=args.ray or bool(args.ray_address), ray_address=args.ray_address,
         preprocess=args.preprocess, target=args.target, overlay_format=args.overlay_format,
-        max_pixels=args.max_pixels, report=args.report, progress=args.progress)
+        max_pixels=args.max_pixels, commit_every=args.commit_every, report=args.report, progress=args.progress)
+    _quiet_opencv()
     summary = run_audit(config)
     print(format_summary(summary))
     return summary.exit_code
+
+
+def _quiet_opencv() -> None:
+    """Bad inputs are reported in the records; OpenCV's own warnings about them would only flood the terminal."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # builds without the logging module
+        pass
 
 
 def format_summary(summary) -> str:

@@ -40,6 +40,7 @@ class AuditConfig:
     target: str = "auto"  # target tensor when the model is not augmented yet
     overlay_format: str = "jpg"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    commit_every: int = 256  # images per committed part (at most 10 s apart); a kill loses one part's work
     report: bool = True
     progress: bool = True
 
@@ -51,8 +52,8 @@ class AuditConfig:
             raise InputError(f"--save takes {', '.join(SAVE_CHOICES)}; got {', '.join(sorted(unknown))}")
         if self.overlay_format not in OVERLAY_FORMATS:
             raise InputError(f"overlay format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
-        if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1:
-            raise InputError("--batch and --max-pixels must be positive and --workers not negative")
+        if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1 or self.commit_every < 1:
+            raise InputError("--batch, --commit-every and --max-pixels must be positive, --workers not negative")
         self.method = normalize_method(self.method)
         if not self.workers:
             self.workers = max(1, min(8, os.cpu_count() or 1))

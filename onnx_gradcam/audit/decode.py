@@ -33,6 +33,7 @@ class Decoded:
 
     @property
     def ok(self) -> bool:
+        """True when the image decoded (tensor is set)."""
         return self.error is None
 
 

@@ -36,7 +36,8 @@ def write_demo_inputs(folder: Path, count: Optional[int] = None) -> Path:
     return manifest
 
 
-def run_demo_audit(out_dir: Union[str, os.PathLike], count: Optional[int] = None, progress: bool = True) -> int:
+def run_demo_audit(out_dir: Union[str, os.PathLike], count: Optional[int] = None, method: str = DEMO_METHOD,
+                   progress: bool = True) -> int:
     """Audit the built-in digits (written to out_dir/inputs) into out_dir with report.html; return the exit code."""
     from .cli import format_summary
     from .config import AuditConfig
@@ -45,7 +46,7 @@ def run_demo_audit(out_dir: Union[str, os.PathLike], count: Optional[int] = None
     out_dir = Path(out_dir)
     manifest = write_demo_inputs(out_dir / "inputs", count)
     config = AuditConfig(model=demo_model_path(), inputs=[str(manifest)], out_dir=out_dir,
-                         method=DEMO_METHOD, labels_file=data_path("digits_labels.txt"),
+                         method=method, labels_file=data_path("digits_labels.txt"),
                          save=frozenset({"overlays", "heatmaps"}), overlay_format="png", progress=progress)
     summary = run_audit(config)
     print(format_summary(summary))

@@ -25,6 +25,7 @@ def select_galleries(table: pa.Table, size: int = GALLERY_SIZE) -> dict[str, lis
     wrong = ok.filter(pc.equal(ok["correct"], False))
 
     def top(rows: pa.Table, column: str) -> list[dict]:
+        """The size rows with the largest column values (ties by path)."""
         return rows.sort_by([(column, "descending"), ("path", "ascending")]).slice(0, size).to_pylist()
 
     return {"most confident": top(ok, "probability"), "misclassified": top(wrong, "probability"),

@@ -31,6 +31,7 @@ class Explained:
 
     @classmethod
     def empty(cls, errors: Optional[dict[int, str]] = None, seconds: float = 0.0) -> "Explained":
+        """No explained rows (nothing decodable, or the runtime failed on every input)."""
         return cls([], np.zeros((0, 0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
                    np.zeros((0, 0), np.float32), errors or {}, seconds)
 

@@ -6,6 +6,7 @@ the same Journal as a local run, so records, resume and the report do not depend
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ class AuditActor:
 
     def __init__(self, model_bytes: bytes, device: str, method: str, batch_size: int, preprocess: dict,
                  target_class: Optional[int], labels: Optional[list[str]], overlays: bool, overlay_format: str,
-                 max_pixels: int, intra_op_threads: Optional[int]) -> None:
+                 heatmaps: bool, max_pixels: int, intra_op_threads: Optional[int]) -> None:
         from ..preprocess import Preprocess
 
         spec = Preprocess.from_dict(preprocess)
@@ -38,13 +39,17 @@ class AuditActor:
         self.batcher = BatchExplainer(explainer, target_class, labels, overlays, overlay_format)
         self.decoder = Decoder(spec, max_pixels, thumbnails=overlays)
         self.pool = ThreadPoolExecutor(DECODE_THREADS_PER_ACTOR)
+        self.heatmaps = heatmaps
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [InputItem(path, label or None) for path, label in zip(batch["path"].to_pylist(),
                                                                        batch["label"].to_pylist())]
         decoded = list(self.pool.map(self.decoder, items))
         explained = self.batcher.explain(decoded)
-        return result_to_arrow(self.batcher.results(decoded, explained), explained.seconds)
+        result = self.batcher.results(decoded, explained)
+        if not self.heatmaps:  # nothing to save: keep them out of the object store
+            result.heatmaps = [None] * len(result.heatmaps)
+        return result_to_arrow(result, explained.seconds)
 
 
 def result_to_arrow(result: BatchResult, seconds: float) -> pa.Table:
@@ -79,6 +84,7 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the audit has its own progress bar
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         gpu = config.device.startswith("cuda")
         dataset = ray.data.from_items([{"path": item.path, "label": item.label or ""} for item in pending])
         dataset = dataset.map_batches(
@@ -89,7 +95,7 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
                 model_bytes=model.model_bytes, device=config.device, method=config.method,
                 batch_size=config.batch_size, preprocess=model.preprocess.to_dict(),
                 target_class=model.target_class, labels=model.labels, overlays="overlays" in config.save,
-                overlay_format=config.overlay_format, max_pixels=config.max_pixels,
+                overlay_format=config.overlay_format, heatmaps="heatmaps" in config.save, max_pixels=config.max_pixels,
                 intra_op_threads=None if gpu else 1))
         timings = Timings(images=len(pending), lanes=config.workers)
         start = time.perf_counter()
@@ -97,7 +103,7 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
             if block.num_rows == 0:
                 continue
             result, seconds = result_from_arrow(block, tuple(model.preprocess.size))
-            journal.commit(result)
+            journal.add(result)
             timings.explain += seconds
             progress(block.num_rows)
         timings.wall = time.perf_counter() - start

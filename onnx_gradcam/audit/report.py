@@ -49,7 +49,8 @@ IMAGE_CHECK = """
     var body = document.body;
     body.setAttribute('data-images-total', images.length);
     body.setAttribute('data-images-ok', good);
-    body.setAttribute('data-images-loaded', done < images.length ? 'pending' : (good === images.length ? 'all' : 'broken'));
+    var state = done < images.length ? 'pending' : (good === images.length ? 'all' : 'broken');
+    body.setAttribute('data-images-loaded', state);
   }
   Array.prototype.forEach.call(document.images, function(i){
     i.addEventListener('load', check); i.addEventListener('error', check);
@@ -146,7 +147,7 @@ def _gallery(rows: list[dict], tiles: dict[str, str]) -> str:
                  else "<div class='missing'>image no longer readable</div>")
         truth = ""
         if row.get("label") is not None:
-            mark = "" if row.get("correct") is None else (" ok" if row["correct"] else " <span class='bad'>wrong</span>")
+            mark = {None: "", True: " ok", False: " <span class='bad'>wrong</span>"}[row.get("correct")]
             truth = f"<br>label {escape(str(row['label']))}{mark}"
         figures.append(
             f"<figure title='{escape(row['path'])}'>{image}<figcaption>{name}<br>"
@@ -162,7 +163,8 @@ def _problems(table: pa.Table) -> str:
     if failed.num_rows:
         kinds = Counter(reason.split(":")[0] for reason in failed["reason"].to_pylist())
         parts.append("<table><tr><th>reason</th><th>inputs</th></tr>" + "".join(
-            f"<tr><td>{escape(kind)}</td><td>{count}</td></tr>" for kind, count in kinds.most_common()) + "</table><p></p>")
+            f"<tr><td>{escape(kind)}</td><td>{count}</td></tr>" for kind, count in kinds.most_common())
+            + "</table><p></p>")
         rows = failed.slice(0, MAX_ERROR_ROWS).to_pylist()
         parts.append("<table><tr><th>path</th><th>reason</th></tr>" + "".join(
             f"<tr><td>{escape(r['path'])}</td><td>{escape(r['reason'] or '')}</td></tr>" for r in rows) + "</table>")

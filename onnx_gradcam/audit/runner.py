@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..errors import InputError
 from .config import AuditConfig, AuditModel, prepare_model
 from .decode import Decoded, Decoder, decode_in_order
-from .journal import RECORDS_FILE, Journal
+from .journal import Journal
 from .pipeline import BatchExplainer, Explained, build_explainer
 from .readers import InputItem, collect_inputs
 from .writers import write_bytes
@@ -41,10 +41,12 @@ class Timings:
 
     @property
     def busy_share(self) -> Optional[float]:
+        """Share of wall time the runtimes spent explaining (None when nothing ran)."""
         return self.explain / (self.wall * self.lanes) if self.wall > 0 and self.images else None
 
     @property
     def images_per_second(self) -> Optional[float]:
+        """Images processed per wall-clock second (None when nothing ran)."""
         return self.images / self.wall if self.wall > 0 and self.images else None
 
 
@@ -64,12 +66,16 @@ class AuditSummary:
     seconds: float
     images_per_second: Optional[float]
     busy_share: Optional[float]
+    explain_seconds: float
+    decode_wait_seconds: float
+    commit_wait_seconds: float
     method: str
     model: str
     report: Optional[str]
 
     @property
     def exit_code(self) -> int:
+        """0 when every input was explained, 1 when any failed."""
         return 1 if self.errors else 0
 
 
@@ -80,9 +86,9 @@ def run_audit(config: AuditConfig) -> AuditSummary:
     if not items:
         raise InputError(f"no input images found in {' '.join(map(str, config.inputs))}")
     model = prepare_model(config)
-    journal = Journal(out_dir, save_heatmaps="heatmaps" in config.save)
-    journal.open(model.settings(config))
-    try:
+    journal = Journal(out_dir, save_heatmaps="heatmaps" in config.save, commit_every=config.commit_every)
+    try:  # the journal holds the folder's lock until the report is written
+        journal.open(model.settings(config))
         pending = [item for item in items if item.path not in journal.committed]
         resumed = len(items) - len(pending)
         if resumed:
@@ -97,15 +103,15 @@ def run_audit(config: AuditConfig) -> AuditSummary:
                 else:
                     timings = run_local(config, model, pending, journal, bar.update)
         table = journal.finalize(csv=config.csv)
+        summary = _summarize(config, model, table, resumed, timings)
+        if config.report:
+            from .report import write_report
+
+            write_report(out_dir / REPORT_FILE, config, model, table, summary)
+            summary.report = str(out_dir / REPORT_FILE)
+        write_bytes(out_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2).encode())
     finally:
         journal.close()
-    summary = _summarize(config, model, table, resumed, timings)
-    if config.report:
-        from .report import write_report
-
-        write_report(out_dir / REPORT_FILE, config, model, table, summary)
-        summary.report = str(out_dir / REPORT_FILE)
-    write_bytes(out_dir / SUMMARY_FILE, json.dumps(asdict(summary), indent=2).encode())
     return summary
 
 
@@ -120,7 +126,7 @@ def run_local(config: AuditConfig, model: AuditModel, pending: list[InputItem], 
     start = time.perf_counter()
     ahead = 2 * config.batch_size + 2 * config.workers  # bounded: memory stays flat on any dataset size
     with ThreadPoolExecutor(config.workers, thread_name_prefix="audit-decode") as pool:
-        committer = _Committer(journal, batcher, progress)
+        committer = _Committer(journal, batcher, pool, progress, depth=config.workers + 2)
         try:
             batches = _timed(_chunks(decode_in_order(pending, decoder, pool, ahead), config.batch_size), timings)
             for batch in batches:
@@ -134,10 +140,12 @@ def run_local(config: AuditConfig, model: AuditModel, pending: list[InputItem], 
 
 
 class _Committer:
-    """A writer thread: records, statistics, overlays and the commit happen while the next batch runs."""
+    """Records, statistics and overlays are made on the pool, then committed in order by a writer thread,
+    all while the next batch runs."""
 
-    def __init__(self, journal: Journal, batcher: BatchExplainer, progress, depth: int = 4) -> None:
-        self.journal, self.batcher, self.progress = journal, batcher, progress
+    def __init__(self, journal: Journal, batcher: BatchExplainer, pool: ThreadPoolExecutor, progress,
+                 depth: int = 4) -> None:
+        self.journal, self.batcher, self.pool, self.progress = journal, batcher, pool, progress
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._work, name="audit-commit", daemon=True)
@@ -146,10 +154,11 @@ class _Committer:
     def submit(self, batch: list[Decoded], explained: Explained) -> float:
         """Queue a batch for commit; return the seconds spent waiting for room."""
         start = time.perf_counter()
+        job = (self.pool.submit(self.batcher.results, batch, explained), len(batch))
         while True:
             self._raise()
             try:
-                self.queue.put((batch, explained), timeout=0.1)
+                self.queue.put(job, timeout=0.1)
                 return time.perf_counter() - start
             except queue.Full:
                 continue
@@ -164,6 +173,7 @@ class _Committer:
                 continue
         self.thread.join()
         self._raise()
+        self.journal.flush()  # also on Ctrl-C: what was explained is kept
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -175,9 +185,9 @@ class _Committer:
             if job is None or self.error is not None:
                 return
             try:
-                batch, explained = job
-                self.journal.commit(self.batcher.results(batch, explained))
-                self.progress(len(batch))
+                result, count = job
+                self.journal.add(result.result())
+                self.progress(count)
             except BaseException as error:  # noqa: BLE001 - handed to the main thread
                 self.error = error
                 return
@@ -218,7 +228,6 @@ def _summarize(config: AuditConfig, model: AuditModel, table: pa.Table, resumed:
         labelled=len(correct), accuracy=float(np.mean(correct)) if correct else None, resumed=resumed,
         processed=timings.images, seconds=round(timings.wall, 3),
         images_per_second=timings.images_per_second, busy_share=timings.busy_share,
+        explain_seconds=round(timings.explain, 3), decode_wait_seconds=round(timings.decode_wait, 3),
+        commit_wait_seconds=round(timings.commit_wait, 3),
         method=config.method, model=os.fspath(config.model), report=None)
-
-
-__all__ = ["run_audit", "run_local", "AuditSummary", "Timings", "RECORDS_FILE", "SUMMARY_FILE", "REPORT_FILE"]

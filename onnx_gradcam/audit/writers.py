@@ -89,7 +89,7 @@ def remove_temporaries(folders: Iterable[PathLike]) -> int:
         folder = Path(folder)
         if not folder.is_dir():
             continue
-        for leftover in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        for leftover in folder.glob(f".*.{'[0-9a-f]' * 8}{TEMPORARY_SUFFIX}"):  # the names atomic_write makes
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -55,7 +55,8 @@ class LayerOutput:
         return height is None or width is None or height * width > 1
 
     def __str__(self) -> str:
-        return f"{self.name:<40} {self.type:<24} {format_shape(self.shape)} {self.layout if len(self.shape) == 4 else ''}"
+        layout = self.layout if len(self.shape) == 4 else ""
+        return f"{self.name:<40} {self.type:<24} {format_shape(self.shape)} {layout}".rstrip()
 
 
 def suggestion(outputs: Sequence[LayerOutput], name: str) -> str:

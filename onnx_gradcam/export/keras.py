@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -46,15 +44,20 @@ def export_keras(model_or_path: ModelOrPath, target: Union[str, Any] = "auto",
     keras = _import_keras()
     model = _load(keras, model_or_path, custom_objects, safe_mode)
     image_input, outputs = _graph_ends(model)
-    layers = _layer_outputs(keras, model)
+    tensors = _graph_tensors(model)
+    layers = _layer_outputs(keras, model, tensors)
     layer = _auto_target(layers, model) if _is_auto(target) else _resolve_target(model, target, layers)
+    layer_output = tensors.get(id(layer))
+    if layer_output is None:
+        raise TargetNotFoundError(f"layer {layer.name!r} has no single output tensor on the path to the "
+                                  "predictions; pick a layer with one output")
     try:
-        two_output = keras.Model(model.inputs, [layer.output, *outputs], name=f"{model.name}_gradcam")
+        two_output = keras.Model(model.inputs, [layer_output, *outputs], name=f"{model.name}_gradcam")
     except Exception as error:
         raise ExportError(f"cannot build the model that returns layer {layer.name!r} beside the predictions: "
                           f"{type(error).__name__}: {first_line(error)}") from error
     sample = _sample_input(model, image_input, input_shape)
-    activation, scores = _run(two_output, sample, len(outputs))
+    activation, scores = _run(two_output, sample)
     target_info = LayerOutput(layer.name, type(layer).__name__, tuple(activation.shape), _layout(keras, layer))
     check_target_output(target_info, "layer", [*_concrete(layers, layer, target_info)])
     if scores.dim() != 2:
@@ -63,7 +66,10 @@ def export_keras(model_or_path: ModelOrPath, target: Union[str, Any] = "auto",
 
     input_name = _input_name(image_input)
     output_names = _output_names(model, exclude={input_name, layer.name})
-    exported = _export(two_output, sample, input_name, [layer.name, *output_names], dynamic_batch, opset)
+    from .torch import trace_to_onnx  # a Keras model on the torch backend is a torch.nn.Module
+
+    two_output.eval()
+    exported = trace_to_onnx(two_output, sample, input_name, [layer.name, *output_names], dynamic_batch, opset)
     layout = "NHWC" if _image_data_format(keras, model) == "channels_last" else "NCHW"
     size = tuple(sample.shape[1:3]) if layout == "NHWC" else tuple(sample.shape[2:4])
     channels = int(sample.shape[3] if layout == "NHWC" else sample.shape[1])
@@ -80,7 +86,7 @@ def list_keras_targets(model_or_path: ModelOrPath, *, custom_objects: Optional[d
     keras = _import_keras()
     model = _load(keras, model_or_path, custom_objects, safe_mode)
     _graph_ends(model)
-    return [info for info, _ in _layer_outputs(keras, model) if len(info.shape) == 4]
+    return [info for info, _ in _layer_outputs(keras, model, _graph_tensors(model)) if len(info.shape) == 4]
 
 
 # ---------------------------------------------------------------- keras and the model
@@ -151,21 +157,40 @@ def _graph_ends(model) -> tuple[Any, list]:
     return inputs[0], outputs
 
 
-def _layer_outputs(keras, model) -> list[tuple[LayerOutput, Any]]:
+def _layer_outputs(keras, model, tensors: dict[int, Any]) -> list[tuple[LayerOutput, Any]]:
     """(symbolic output info, layer) for each layer of the model graph, in graph order."""
     result = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        try:
-            output = layer.output
-        except (AttributeError, ValueError, RuntimeError):  # shared layers have no single output
-            info = LayerOutput(layer.name, type(layer).__name__, ())
-        else:
-            shape = tuple(output.shape) if hasattr(output, "shape") else ()
-            info = LayerOutput(layer.name, type(layer).__name__, shape, _layout(keras, layer))
-        result.append((info, layer))
+        output = tensors.get(id(layer))
+        shape = tuple(output.shape) if output is not None and hasattr(output, "shape") else ()
+        result.append((LayerOutput(layer.name, type(layer).__name__, shape, _layout(keras, layer)), layer))
     return result
+
+
+def _graph_tensors(model) -> dict[int, Any]:
+    """id(layer) -> the layer's output tensor in the graph that computes model.outputs.
+
+    Walks back from the outputs rather than reading `layer.output`, which is the layer's first
+    call: a loaded Sequential model has been built several times, and only its last build feeds
+    model.outputs. A layer called twice maps to its last call; a multi-output layer is left out.
+    """
+    tensors: dict[int, Any] = {}
+    seen: set[int] = set()
+    stack = list(model.outputs)
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if id(tensor) in seen or not history:
+            continue
+        seen.add(id(tensor))
+        operation, node_index, _ = history
+        node = operation._inbound_nodes[node_index]
+        if len(node.output_tensors) == 1:
+            tensors.setdefault(id(operation), tensor)
+        stack.extend(node.input_tensors)
+    return tensors
 
 
 def _layout(keras, layer) -> str:
@@ -192,8 +217,8 @@ def _resolve_target(model, target: Any, layers: list[tuple[LayerOutput, Any]]):
         if nested is not None:
             raise TargetNotFoundError(
                 f"layer {target!r} is inside the nested model {nested!r}, whose layers are not reachable from "
-                f"{model.name!r}'s input; build the classifier as one functional model (e.g. base = "
-                f"{nested}; outputs = head(base.output); keras.Model(base.input, outputs)) and export that")
+                f"{model.name!r}'s input; build one functional model whose graph holds that layer, e.g. "
+                f"keras.Model(base.input, head(base.output)) with base = the {nested!r} model, and export that")
         close = close_names(target, list(by_name))
         hint = f" Did you mean {close}?" if close else ""
         raise TargetNotFoundError(f"model {model.name!r} has no layer named {target!r}.{hint} "
@@ -252,7 +277,8 @@ def _sample_input(model, image_input, input_shape: Optional[Sequence[int]]):
     return torch.from_numpy(generator.random(shape, dtype=np.float32))
 
 
-def _run(two_output, sample, output_count: int):
+def _run(two_output, sample) -> tuple:
+    """(target activation, first model output) of the two-output model on sample."""
     import torch
 
     try:
@@ -261,8 +287,7 @@ def _run(two_output, sample, output_count: int):
     except Exception as error:
         raise ExportError(f"running the model on an input of shape {format_shape(sample.shape)} failed: "
                           f"{type(error).__name__}: {first_line(error)}") from error
-    activation, scores = results[0], results[1]
-    return activation, scores
+    return results[0], results[1]
 
 
 def _input_name(image_input) -> str:
@@ -280,23 +305,3 @@ def _output_names(model, exclude: set[str]) -> list[str]:
     for index, name in enumerate(names):
         result.append(name if name and name not in exclude and name not in result else f"output_{index}")
     return result
-
-
-def _export(two_output, sample, input_name: str, output_names: list[str], dynamic_batch: bool,
-            opset: Optional[int]) -> onnx.ModelProto:
-    import torch
-
-    dynamic_axes = {name: {0: "batch"} for name in [input_name, *output_names]} if dynamic_batch else None
-    two_output.eval()
-    with tempfile.TemporaryDirectory(prefix="onnx-gradcam-export-") as folder:
-        file = os.path.join(folder, "model.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript exporter's deprecation notice
-            try:
-                torch.onnx.export(two_output, (sample,), file, dynamo=False, input_names=[input_name],
-                                  output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
-                                  do_constant_folding=True)
-            except Exception as error:
-                raise ExportError(f"torch.onnx.export of the Keras model failed: {type(error).__name__}: "
-                                  f"{first_line(error)}") from error
-        return onnx.load(file)

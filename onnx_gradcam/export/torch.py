@@ -46,28 +46,30 @@ def export_torch(module: nn.Module, example_input: Any, target: ModuleTarget = "
     heatmap: also compute gradcam_heatmap in the graph.
     """
     example = _example_tensor(module, example_input)
-    scripted = isinstance(module, torch.jit.ScriptModule)
     with _eval_mode(module):
-        if scripted:
-            target_name = _check_scripted_target(target)
+        if isinstance(module, torch.jit.ScriptModule):
+            _refuse_named_target(target)
             _logits(_run(module, example))
+            target_name = None
         else:
             outputs, model_output = _probe(module, example)
             _logits(model_output)
             target_name = None if _is_auto(target) else _resolve_target(module, target, outputs)
-        output_names = [LOGITS_NAME] if target_name is None else [LOGITS_NAME, _tensor_name(target_name)]
+        target_tensor = None if target_name is None else _tensor_name(target_name)
+        output_names = [LOGITS_NAME] + ([target_tensor] if target_tensor else [])
         with _exposed(module, target_name):
-            exported = _export(module, example, output_names, dynamic_batch, opset)
-    if target_name is not None and output_names[1] not in {o.name for o in exported.graph.output}:
+            exported = trace_to_onnx(module, example, INPUT_NAME, output_names, dynamic_batch, opset, hint=(
+                f"Check that the model runs at input size {format_shape(example.shape)} (e.g. AdaptiveAvgPool2d "
+                "exports only when its output size divides its input size, so torchvision VGG needs 224x224)"))
+    if target_tensor is not None and target_tensor not in {o.name for o in exported.graph.output}:
         raise ExportError(f"the exporter did not keep the output of module {target_name!r} as its own tensor "
                           "(is it an identity of another tensor?); pick a module that computes something")
     layout, channels, size = _image_geometry(example)
-    augmented = augment(exported, target="auto" if target_name is None else output_names[1], heatmap=heatmap,
+    augmented = augment(exported, target=target_tensor or "auto", heatmap=heatmap,
                         preprocess=preprocess_spec(preprocess, size, channels, layout))
     info = {"framework": "torch", "torch": torch.__version__, "model": type(module).__qualname__,
             "target_module": target_name or "auto", "input_shape": list(example.shape)}
-    return finish(augmented, output_names[1] if target_name is not None else None, info,
-                  None if path is None else os.fspath(path))
+    return finish(augmented, target_tensor, info, None if path is None else os.fspath(path))
 
 
 def list_torch_targets(module: nn.Module, example_input: Any) -> list[LayerOutput]:
@@ -156,11 +158,10 @@ def _is_auto(target: ModuleTarget) -> bool:
     return isinstance(target, str) and target == "auto"
 
 
-def _check_scripted_target(target: ModuleTarget) -> None:
+def _refuse_named_target(target: ModuleTarget) -> None:
     if not _is_auto(target):
         raise ExportError("a TorchScript module cannot be hooked to expose a submodule's output; export it with "
                           "target='auto', or export to ONNX and pass a tensor name to onnx_gradcam.augment")
-    return None
 
 
 def _resolve_target(module: nn.Module, target: ModuleTarget, outputs: dict[str, LayerOutput]) -> str:
@@ -274,22 +275,19 @@ def _exposed(module: nn.Module, target_name: Optional[str]) -> Iterator[None]:
         captured.clear()
 
 
-def _export(module: nn.Module, example: torch.Tensor, output_names: list[str], dynamic_batch: bool,
-            opset: Optional[int]) -> onnx.ModelProto:
+def trace_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+                  dynamic_batch: bool, opset: Optional[int], hint: str = "") -> onnx.ModelProto:
     """Export with the TorchScript exporter through a temporary file (large models get external data)."""
-    names = [INPUT_NAME, *output_names]
-    dynamic_axes = {name: {0: "batch"} for name in names} if dynamic_batch else None
+    dynamic_axes = {name: {0: "batch"} for name in [input_name, *output_names]} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="onnx-gradcam-export-") as folder:
         file = os.path.join(folder, "model.onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript exporter's deprecation notice
             try:
-                torch.onnx.export(module, (example,), file, dynamo=False, input_names=[INPUT_NAME],
+                torch.onnx.export(module, (example,), file, dynamo=False, input_names=[input_name],
                                   output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
                                   do_constant_folding=True)
             except Exception as error:
-                raise ExportError(f"torch.onnx.export failed: {type(error).__name__}: {first_line(error)}. "
-                                  f"Check that the model runs at input size {format_shape(example.shape)} "
-                                  "(e.g. AdaptiveAvgPool2d exports only when its output size divides its "
-                                  "input size, so torchvision VGG needs 224x224)") from error
+                raise ExportError(f"torch.onnx.export failed: {type(error).__name__}: {first_line(error)}"
+                                  + (f". {hint}" if hint else "")) from error
         return onnx.load(file)

@@ -23,6 +23,8 @@ CLASS = "gradcam_class"
 SCORE = "gradcam_score"
 LOGITS = "gradcam_logits"
 HEATMAP = "gradcam_heatmap"
+INPUT_GRADIENT = "gradcam_input_gradient"
+GUIDED_GRADIENT = "gradcam_guided_gradient"
 METADATA_PREFIX = "gradcam_"
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -69,13 +71,17 @@ def list_targets(model: ModelLike, score: str = "auto") -> list[TargetInfo]:
 
 def augment(model: ModelLike, target: str = "auto", score: str = "auto",
             output: Optional[Union[str, os.PathLike]] = None, heatmap: bool = False,
-            preprocess: Optional[dict] = None) -> onnx.ModelProto:
+            preprocess: Optional[dict] = None, input_gradient: bool = False,
+            guided: bool = False) -> onnx.ModelProto:
     """Return a copy of model that also outputs the target activation, its gradient, class and score.
 
     target: tensor name or "auto" (last 4-D activation before the spatial collapse).
     score: "auto" (pre-softmax logits), "probability" (the softmax output) or a tensor name.
     heatmap: also compute gradcam_heatmap [N,H,W] in the graph with standard ONNX ops.
     preprocess: image preprocessing spec recorded in the metadata for raw-image inputs.
+    input_gradient: also output gradcam_input_gradient, d score / d image [N,C,H,W], through the
+        whole network (saliency, SmoothGrad, integrated gradients).
+    guided: also output gradcam_guided_gradient, the same with guided-backpropagation ReLUs.
     """
     original = load_model(model)
     if any(p.key == METADATA_PREFIX + "target" for p in original.metadata_props):
@@ -88,7 +94,10 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     seed = b.cast(b.op("Equal", b.unsqueeze(chosen_class, [1]), b.op(
         "Range", b.const(0, np.int64), b.op("Gather", b.shape(score_tensor), b.const(1, np.int64)),
         b.const(1, np.int64))), b.dtype(score_tensor))
-    gradient = _backpropagate(index, b, target_info.name, score_tensor, seed)
+    image = image_input(index.model)
+    sources = [target_info.name] + ([image] if input_gradient else [])
+    gradients = _backpropagate(index, b, sources, score_tensor, seed)
+    gradient = gradients[0]
 
     activation_out, gradient_out = target_info.name, gradient
     if target_info.layout == "NHWC":
@@ -99,6 +108,14 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
                SCORE: b.op("Reshape", chosen_score, b.const([-1], np.int64)), LOGITS: score_tensor}
     if heatmap:
         exposed[HEATMAP] = _in_graph_heatmap(b, index, activation_out, gradient_out)
+    image_layout = index.layouts.get(image, "NCHW")
+    if input_gradient:
+        exposed[INPUT_GRADIENT] = _as_nchw(b, gradients[1], image_layout)
+    if guided:
+        b.guided = True
+        (guided_gradient,) = _backpropagate(index, b, [image], score_tensor, seed)
+        b.guided = False
+        exposed[GUIDED_GRADIENT] = _as_nchw(b, guided_gradient, image_layout)
     result = onnx.ModelProto()
     result.CopyFrom(original)
     graph = result.graph
@@ -108,14 +125,17 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)
     batch = b.shapes.get(score_tensor, [None])[0]
-    nchw = _nchw_shape(target_info)
+    nchw = _nchw_shape(list(target_info.shape), target_info.layout)
     for name, source in exposed.items():
         graph.node.append(helper.make_node("Identity", [source], [name], name=f"gradcam/{name}"))
         dtype = {CLASS: TensorProto.INT64, HEATMAP: TensorProto.FLOAT}.get(name, b.dtype(source))
+        image_shape = _nchw_shape(b.shapes.get(image) or [batch, None, None, None], image_layout)
         shape = {ACTIVATION: nchw, GRADIENT: nchw, LOGITS: b.shapes.get(score_tensor),
-                 HEATMAP: [batch, None, None]}.get(name, [batch])
+                 HEATMAP: [batch, None, None], INPUT_GRADIENT: image_shape,
+                 GUIDED_GRADIENT: image_shape}.get(name, [batch])
         graph.output.append(helper.make_tensor_value_info(name, dtype, shape))
-    _record_metadata(result, target_info, score_tensor, score_output, index, preprocess, heatmap)
+    _record_metadata(result, target_info, score_tensor, score_output, index, preprocess,
+                     {"heatmap": heatmap, "input_gradient": input_gradient, "guided": guided})
     _check(result)
     if output is not None:
         save_model(result, output)
@@ -131,19 +151,24 @@ def _class_selection(model: onnx.ModelProto, b: GraphBuilder, score_tensor: str)
     return TARGET_CLASS, chosen
 
 
-def _backpropagate(index: GraphIndex, b: GraphBuilder, target: str, score_tensor: str, seed: str) -> str:
-    """Emit the reverse pass from score_tensor back to target and return d score / d target."""
-    live = index.reaching(target) & index.ancestors(score_tensor)
-    if score_tensor not in live:
-        raise ScoreNotFoundError(f"target {target!r} does not reach the score {score_tensor!r}; "
-                                 "pick a tensor the score depends on (see list_targets)")
+def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score_tensor: str,
+                   seed: str) -> list[str]:
+    """Emit the reverse pass from score_tensor back to each source; return d score / d source."""
+    for source in sources:
+        if score_tensor not in index.reaching(source):
+            raise ScoreNotFoundError(f"{source!r} does not reach the score {score_tensor!r}; "
+                                     "pick a tensor the score depends on (see list_targets)")
+    reached = set().union(*(index.reaching(source) for source in sources))
+    live = reached & index.ancestors(score_tensor)
     contributions: dict[str, list[str]] = {score_tensor: [seed]}
+    totals: dict[str, Optional[str]] = {}
 
     def total(tensor: str) -> Optional[str]:
-        parts = contributions.get(tensor)
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else b.op("Sum", *parts, hint="grad_sum")
+        if tensor not in totals:
+            parts = contributions.get(tensor)
+            totals[tensor] = (None if not parts else parts[0] if len(parts) == 1
+                              else b.op("Sum", *parts, hint="grad_sum"))
+        return totals[tensor]
 
     for node in reversed(index.nodes):
         if not any(out in live for out in node.output) or not any(i in live for i in node.input if i):
@@ -155,10 +180,11 @@ def _backpropagate(index: GraphIndex, b: GraphBuilder, target: str, score_tensor
         for name, grad in zip(node.input, differentiate(node, output_grads, needed, b)):
             if grad is not None and name in live:
                 contributions.setdefault(name, []).append(grad)
-    gradient = total(target)
-    if gradient is None:
-        raise ScoreNotFoundError(f"no gradient reached target {target!r} from {score_tensor!r}")
-    return gradient
+    gradients = [total(source) for source in sources]
+    for source, gradient in zip(sources, gradients):
+        if gradient is None:
+            raise ScoreNotFoundError(f"no gradient reached {source!r} from {score_tensor!r}")
+    return gradients
 
 
 def _in_graph_heatmap(b: GraphBuilder, index: GraphIndex, activation: str, gradient: str) -> str:
@@ -185,9 +211,12 @@ def _min_max(b: GraphBuilder, cam: str) -> str:
     return b.op("Div", b.op("Sub", cam, low), span)
 
 
-def _nchw_shape(info: TargetInfo) -> list:
-    shape = list(info.shape)
-    return [shape[i] for i in TO_NCHW] if info.layout == "NHWC" else shape
+def _nchw_shape(shape: list, layout: str) -> list:
+    return [shape[i] for i in TO_NCHW] if layout == "NHWC" and len(shape) == 4 else list(shape)
+
+
+def _as_nchw(b: GraphBuilder, tensor: str, layout: str) -> str:
+    return b.op("Transpose", tensor, perm=TO_NCHW) if layout == "NHWC" else tensor
 
 
 def image_input(model: onnx.ModelProto) -> str:
@@ -197,7 +226,7 @@ def image_input(model: onnx.ModelProto) -> str:
     return inputs[0]
 
 
-def _record_metadata(model, target_info, score_tensor, score_output, index, preprocess, heatmap) -> None:
+def _record_metadata(model, target_info, score_tensor, score_output, index, preprocess, flags) -> None:
     image = image_input(index.model)
     image_shape = index.builder.shapes.get(image)
     values = {
@@ -205,7 +234,8 @@ def _record_metadata(model, target_info, score_tensor, score_output, index, prep
         "target_shape": json.dumps(list(target_info.shape)),
         "score": score_tensor, "score_output": score_output, "input": image,
         "input_shape": json.dumps(image_shape), "input_layout": index.layouts.get(image, "NCHW"),
-        "opset": str(index.builder.opset), "version": __version__, "heatmap": str(bool(heatmap)).lower()}
+        "opset": str(index.builder.opset), "version": __version__,
+        **{key: str(bool(value)).lower() for key, value in flags.items()}}
     if preprocess is not None:
         values["preprocess"] = json.dumps(preprocess if isinstance(preprocess, dict) else preprocess.to_dict())
     existing = {p.key: p for p in model.metadata_props}

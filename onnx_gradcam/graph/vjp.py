@@ -166,7 +166,10 @@ def _where(b: GraphBuilder, condition: str, grad: str) -> str:
 @rule("Relu")
 def _relu(node, grads, needed, b):
     y = node.output[0]
-    return [_where(b, b.op("Greater", y, b.scalar_like(0.0, y)), grads[0])]
+    passing = b.op("Greater", y, b.scalar_like(0.0, y))
+    if b.guided:  # guided backpropagation: only positive gradients pass back through a ReLU
+        passing = b.op("And", passing, b.op("Greater", grads[0], b.scalar_like(0.0, grads[0])))
+    return [_where(b, passing, grads[0])]
 
 
 @rule("LeakyRelu")
@@ -351,28 +354,28 @@ def _reduce_mean(node, grads, needed, b):
     return [b.op("Div", spread, b.element_count_ratio(x, y, b.dtype(x)))]
 
 
-def _pool_geometry(node: onnx.NodeProto, b: GraphBuilder):
-    """Kernel, strides, begin/end pads and input/output spatial sizes of a pooling node."""
+def _window_geometry(node: onnx.NodeProto, b: GraphBuilder, kernel: list[int], dilations: list[int]):
+    """Strides, begin/end pads and input/output spatial sizes of a sliding-window node."""
     x, y = node.input[0], node.output[0]
-    kernel = list(attr(node, "kernel_shape"))
     spatial = len(kernel)
     strides = list(attr(node, "strides", [1] * spatial))
     in_size = (b.shapes.get(x) or [None] * (spatial + 2))[2:]
     out_size = (b.shapes.get(y) or [None] * (spatial + 2))[2:]
     if not all(isinstance(d, int) and d > 0 for d in in_size + out_size):
-        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: spatial sizes must be static "
-                                 "to differentiate pooling; export with a fixed image size")
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: spatial sizes must be static to "
+                                 "differentiate it; export the model with a fixed image size")
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     auto_pad = attr(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max(0, (o - 1) * s + k - i) for o, s, k, i in zip(out_size, strides, kernel, in_size)]
+        total = [max(0, (o - 1) * s + r - i) for o, s, r, i in zip(out_size, strides, reach, in_size)]
         small = [t // 2 for t in total]
         large = [t - t // 2 for t in total]
         begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     else:
         pads = list(attr(node, "pads", [0] * 2 * spatial))
         begin, end = pads[:spatial], pads[spatial:]
-    return kernel, strides, begin, end, in_size, out_size
+    return strides, begin, end, in_size, out_size
 
 
 @rule("AveragePool")
@@ -380,7 +383,8 @@ def _average_pool(node, grads, needed, b):
     if any(d != 1 for d in attr(node, "dilations", [])):
         raise UnsupportedOpError(f"AveragePool {node.name!r} with dilations is not supported")
     x = node.input[0]
-    kernel, strides, begin, end, in_size, out_size = _pool_geometry(node, b)
+    kernel = list(attr(node, "kernel_shape"))
+    strides, begin, end, in_size, out_size = _window_geometry(node, b, kernel, [1] * len(kernel))
     include_pad = attr(node, "count_include_pad", 0)
     counts = np.ones([1, 1], np.float64)
     for k, s, pb, pe, i, o in zip(kernel, strides, begin, end, in_size, out_size):
@@ -390,31 +394,81 @@ def _average_pool(node, grads, needed, b):
         counts = counts[..., None] * count
     np_dtype = helper.tensor_dtype_to_np_dtype(b.dtype(x))
     scaled = b.op("Div", grads[0], b.const(counts.reshape([1, 1] + out_size).astype(np_dtype)))
-    return [_spread_windows(b, node, scaled, kernel, strides, begin, in_size, out_size)]
-
-
-def _spread_windows(b: GraphBuilder, node, grad: str, kernel, strides, begin, in_size, out_size) -> str:
-    """Add each window's gradient back onto every input position it covers (depthwise ConvTranspose)."""
-    x = node.input[0]
     channels = (b.shapes.get(x) or [None, None])[1]
-    np_dtype = helper.tensor_dtype_to_np_dtype(b.dtype(x))
-    ones = np.ones([1, 1] + kernel, np_dtype)
-    if isinstance(channels, int):
-        weight = b.const(np.broadcast_to(ones, [channels, 1] + kernel).copy())
-    else:
-        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: channel count must be static")
+    if not isinstance(channels, int):
+        raise UnsupportedOpError(f"AveragePool {node.name!r}: channel count must be static")
+    ones = b.const(np.ones([channels, 1] + kernel, np_dtype))
+    return [_transposed_window(b, scaled, ones, channels, kernel, strides, [1] * len(kernel),
+                               begin, in_size, out_size)]
+
+
+def _transposed_window(b: GraphBuilder, grad: str, weight: str, group: int, kernel, strides, dilations,
+                       begin, in_size, out_size) -> str:
+    """ConvTranspose that adds each window's gradient back onto the input positions it covered."""
     end_crop, extra = [], []
-    for k, s, pb, i, o in zip(kernel, strides, begin, in_size, out_size):
-        crop = s * (o - 1) + k - pb - i
+    for k, s, d, pb, i, o in zip(kernel, strides, dilations, begin, in_size, out_size):
+        crop = s * (o - 1) + (k - 1) * d + 1 - pb - i
         end_crop.append(max(crop, 0))
-        extra.append(max(-crop, 0))
-    grad_x = b.op("ConvTranspose", grad, weight, group=channels, kernel_shape=kernel, strides=strides,
-                  pads=list(begin) + end_crop)
-    if any(extra):
-        rank = len(kernel) + 2
-        pads = b.const([0] * rank + [0, 0] + extra, np.int64)
-        grad_x = b.op("Pad", grad_x, pads) if b.opset >= 11 else b.op("Pad", grad_x, pads=[0] * rank + [0, 0] + extra)
-    return grad_x
+        extra.append(max(-crop, 0))  # rows no window reached (floor mode) get zero gradient
+    return b.op("ConvTranspose", grad, weight, group=group, kernel_shape=kernel, strides=strides,
+                dilations=dilations, pads=list(begin) + end_crop,
+                output_padding=extra if any(extra) else None)
+
+
+@rule("Conv")
+def _conv(node, grads, needed, b):
+    x, weight = node.input[:2]
+    if len(needed) > 1 and any(needed[1:]):
+        raise UnsupportedOpError(f"Conv {node.name!r}: gradients with respect to weights computed "
+                                 "in the graph are not supported (only to the input)")
+    weight_shape = b.shapes.get(weight)
+    kernel = list(attr(node, "kernel_shape", weight_shape[2:] if weight_shape else []))
+    if not kernel or not all(isinstance(k, int) for k in kernel):
+        raise UnsupportedOpError(f"Conv {node.name!r}: kernel shape unknown")
+    dilations = list(attr(node, "dilations", [1] * len(kernel)))
+    strides, begin, _, in_size, out_size = _window_geometry(node, b, kernel, dilations)
+    # Conv's weight [M, C/g, k...] is exactly ConvTranspose's [C_in=M, C_out/g, k...].
+    return [_transposed_window(b, grads[0], weight, attr(node, "group", 1), kernel, strides, dilations,
+                               begin, in_size, out_size)]
+
+
+@rule("Pad")
+def _pad(node, grads, needed, b):
+    mode = attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = attr(node, "pads") if b.opset < 11 else b.constant_value(node.input[1])
+    if mode != "constant" or pads is None or (len(node.input) > 3 and node.input[3]):
+        raise UnsupportedOpError(f"Pad {node.name!r}: only constant padding with static pads "
+                                 "over all axes is supported")
+    pads = [int(p) for p in np.asarray(pads).ravel()]
+    rank = len(pads) // 2
+    if any(p < 0 for p in pads):
+        raise UnsupportedOpError(f"Pad {node.name!r}: negative pads (cropping) are not supported")
+    stops = [-p if p > 0 else np.iinfo(np.int64).max for p in pads[rank:]]
+    return [b.slice(grads[0], pads[:rank], stops, list(range(rank)))]
+
+
+@rule("Slice")
+def _slice(node, grads, needed, b):
+    x = node.input[0]
+    shape = b.shapes.get(x)
+    starts, ends = b.constant_value(node.input[1]), b.constant_value(node.input[2])
+    axes = b.constant_value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    steps = b.constant_value(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if starts is None or ends is None or shape is None or (steps is not None and (np.asarray(steps) != 1).any()):
+        raise UnsupportedOpError(f"Slice {node.name!r}: only static starts/ends with step 1 on a "
+                                 "tensor of known shape are supported")
+    axes = list(range(len(starts))) if axes is None else [int(a) % len(shape) for a in axes]
+    pads = [0] * (2 * len(shape))
+    for axis, start, stop in zip(axes, starts, ends):
+        size = shape[axis]
+        if not isinstance(size, int):
+            raise UnsupportedOpError(f"Slice {node.name!r}: axis {axis} has no static size")
+        start, stop, _ = slice(int(start), int(stop)).indices(size)
+        pads[axis], pads[axis + len(shape)] = start, size - max(stop, start)
+    if b.opset < 11:
+        return [b.op("Pad", grads[0], pads=pads)]
+    return [b.op("Pad", grads[0], b.const(pads, np.int64))]
 
 
 @rule("MaxPool")

@@ -1,90 +1,13 @@
-"""Shared helpers for the audit tests: small digit PNGs, a folder of bad inputs, and the audit command."""
+"""Fixtures of the audit tests (helpers live in audit_helpers.py, importable by name)."""
 from __future__ import annotations
 
-import os
-import struct
-import sys
-import zlib
-from pathlib import Path
-
-import cv2
-import numpy as np
 import pytest
 
-pytest.importorskip("pyarrow")
-
-from onnx_gradcam.demo import demo_model_path, load_digits  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def write_digits(folder: Path, count: int, start: int = 0, scale: int = 1) -> list[tuple[Path, int]]:
-    """Write held-out digits start..start+count as PNGs under folder/<label>/; return (path, label) pairs."""
-    images, labels = load_digits()
-    written = []
-    for index in range(start, start + count):
-        image, label = images[index % len(images)], int(labels[index % len(labels)])
-        if scale > 1:
-            image = np.kron(image, np.ones((scale, scale), np.uint8))
-        path = folder / str(label) / f"digit_{index:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        assert cv2.imwrite(str(path), image)
-        written.append((path, label))
-    return written
-
-
-def fake_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height (its pixel data is a stub): enough for the size check."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-
-
-def write_bad_inputs(folder: Path) -> dict[str, Path]:
-    """One file per kind of bad (or unusual but valid) input; keys name the kind."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images, _ = load_digits()
-    digit = images[0]
-    paths: dict[str, Path] = {}
-
-    def put(name: str, data: bytes) -> None:
-        paths[name] = folder / name
-        paths[name].write_bytes(data)
-
-    png = cv2.imencode(".png", digit)[1].tobytes()
-    jpeg = cv2.imencode(".jpg", cv2.cvtColor(digit, cv2.COLOR_GRAY2BGR))[1].tobytes()
-    put("zero_byte.png", b"")
-    put("corrupt.png", bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)))
-    put("truncated.png", png[: len(png) // 2])
-    put("truncated.jpg", jpeg[: len(jpeg) // 2])
-    put("not_an_image.jpg", b"hello, I am a text file\n" * 10)
-    put("huge.png", fake_png(20_000, 10_000))
-    put("gray.png", png)
-    put("rgba.png", cv2.imencode(".png", cv2.cvtColor(images[1], cv2.COLOR_GRAY2BGRA))[1].tobytes())
-    put("sixteen_bit.png", cv2.imencode(".png", images[2].astype(np.uint16) * 257)[1].tobytes())
-    put("color.jpg", jpeg)
-    put("copy_of_gray.png", png)  # same bytes as gray.png: flagged as a duplicate
-    paths["missing.png"] = folder / "missing.png"
-    return paths
+pytest.importorskip("pyarrow", reason="the audit needs pyarrow: pip install 'onnx-gradcam[audit]'")
 
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
+    from onnx_gradcam.demo import demo_model_path
+
     return str(demo_model_path())
-
-
-def audit_command() -> list[str]:
-    """`python -m onnx_gradcam.cli audit` once the main CLI has the subcommand, else the audit module's own."""
-    from onnx_gradcam import cli
-
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    module = "onnx_gradcam.cli" if "audit" in commands.choices else "onnx_gradcam.audit.cli"
-    return [sys.executable, "-m", module, "audit"]
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env

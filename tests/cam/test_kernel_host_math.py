@@ -1,5 +1,6 @@
-"""The kernel's per-element math (kernels/gradcam_math.cuh), built for the host with g++, against OpenCV, torch
-and the NumPy reference; a host loop that mirrors the kernel checks the whole pipeline without a GPU."""
+"""The GPU kernel without a GPU: its per-element math (kernels/gradcam_math.cuh, built by g++) against OpenCV, torch
+and NumPy; a host loop that mirrors the kernel against the NumPy reference; and kernels/gradcam.cu itself, run on
+CPU threads, against both and under ThreadSanitizer."""
 from __future__ import annotations
 
 import ctypes
@@ -176,7 +177,153 @@ void blend_all(const unsigned char* image, const unsigned char* color, int count
 }
 """
 
-RNG = np.random.default_rng(0)
+# Runs kernels/gradcam.cu itself on the CPU: one std::thread per CUDA thread, std::barrier for
+# __syncthreads and for the warp shuffles, blocks one after another (slices in reverse, so that the
+# block that finishes an image is not the one holding the last slice).
+EMULATION_PRELUDE = r"""
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <memory>
+#include <thread>
+#include <vector>
+using std::max;
+using std::min;
+
+struct emulated_dim3 { unsigned x = 0, y = 0, z = 0; };
+static thread_local emulated_dim3 threadIdx, blockIdx;
+static emulated_dim3 blockDim, gridDim;
+static float emulated_shared[1 << 16];
+struct emulated_warp { std::barrier<> sync{32}; float lanes[32]; };
+static std::barrier<>* block_sync;
+static emulated_warp* warps;
+
+static void __syncthreads() { block_sync->arrive_and_wait(); }
+static void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+static int atomicAdd(int* address, int value) { return __atomic_fetch_add(address, value, __ATOMIC_SEQ_CST); }
+static float __ldcg(const float* address) { return *address; }
+static float __shfl_xor_sync(unsigned, float value, int offset) {
+    emulated_warp& warp = warps[threadIdx.x / 32];
+    warp.lanes[threadIdx.x % 32] = value;
+    warp.sync.arrive_and_wait();
+    const float other = warp.lanes[(threadIdx.x % 32) ^ offset];
+    warp.sync.arrive_and_wait();
+    return other;
+}
+#define __global__
+#define __shared__ static
+"""
+
+EMULATION_LAUNCH = r"""
+template <typename T, int METHOD, bool OVERLAY>
+static void launch(int batch, int slices, int threads, const T* a, const T* g, int k, int h, int w, int H, int W,
+                   float* heatmap, const unsigned char* image, unsigned char* overlay, float alpha, float* workspace,
+                   int* arrivals, int cam_in_workspace) {
+    blockDim.x = threads;
+    gridDim.x = batch;
+    gridDim.y = slices;
+    for (int slice = slices - 1; slice >= 0; --slice) {
+        for (int block = 0; block < batch; ++block) {
+            std::barrier<> sync(threads);
+            std::unique_ptr<emulated_warp[]> warp_state(new emulated_warp[threads / 32]);
+            block_sync = &sync;
+            warps = warp_state.get();
+            std::vector<std::thread> pool;
+            for (int thread = 0; thread < threads; ++thread) {
+                pool.emplace_back([=] {
+                    threadIdx.x = thread;
+                    blockIdx.x = block;
+                    blockIdx.y = slice;
+                    gradcam_fused<T, METHOD, OVERLAY>(a, g, k, h, w, H, W, heatmap, image, overlay, alpha, workspace,
+                                                      arrivals, cam_in_workspace);
+                });
+            }
+            for (std::thread& running : pool) running.join();
+        }
+    }
+}
+
+template <typename T>
+static void emulate(const T* a, const T* g, int n, int k, int h, int w, int H, int W, int method, int threads,
+                    int slices, float* heatmap, const unsigned char* image, unsigned char* overlay, float alpha,
+                    int cam_in_workspace) {
+    std::vector<float> workspace((size_t)n * slices * h * w);
+    std::vector<int> arrivals(n, 0);
+#define GRADCAM_LAUNCH(M)                                                                                       \
+    (overlay ? launch<T, M, true> : launch<T, M, false>)(n, slices, threads, a, g, k, h, w, H, W, heatmap, image, \
+                                                         overlay, alpha, workspace.data(), arrivals.data(),      \
+                                                         cam_in_workspace)
+    switch (method) {
+        case 0: GRADCAM_LAUNCH(0); break;
+        case 1: GRADCAM_LAUNCH(1); break;
+        case 2: GRADCAM_LAUNCH(2); break;
+        case 3: GRADCAM_LAUNCH(3); break;
+        default: GRADCAM_LAUNCH(4); break;
+    }
+}
+"""
+
+EMULATION_ENTRIES = r"""
+extern "C" {
+void emulate_f32(const float* a, const float* g, int n, int k, int h, int w, int H, int W, int method, int threads,
+                 int slices, float* out, const unsigned char* image, unsigned char* overlay, float alpha,
+                 int cam_in_workspace) {
+    emulate(a, g, n, k, h, w, H, W, method, threads, slices, out, image, overlay, alpha, cam_in_workspace);
+}
+void emulate_f16(const half_bits* a, const half_bits* g, int n, int k, int h, int w, int H, int W, int method,
+                 int threads, int slices, float* out, const unsigned char* image, unsigned char* overlay, float alpha,
+                 int cam_in_workspace) {
+    emulate(a, g, n, k, h, w, H, W, method, threads, slices, out, image, overlay, alpha, cam_in_workspace);
+}
+}
+"""
+
+# Races between the emulated threads (a missing __syncthreads) make ThreadSanitizer fail this program.
+EMULATION_MAIN = r"""
+int main() {
+    const int n = 2, k = 40, h = 9, w = 11, H = 23, W = 17;
+    std::vector<float> a((size_t)n * k * h * w), g(a.size()), heatmap((size_t)n * H * W);
+    std::vector<unsigned char> image(heatmap.size() * 3, 100), overlay(image.size());
+    unsigned state = 1;
+    for (size_t i = 0; i < a.size(); ++i) {
+        state = state * 1664525u + 1013904223u;
+        a[i] = (state >> 8) / 16777216.0f;
+        g[i] = a[i] - 0.5f;
+    }
+    for (int method = 0; method < 5; ++method) {
+        emulate(a.data(), g.data(), n, k, h, w, H, W, method, 256, 3, heatmap.data(), image.data(), overlay.data(),
+                0.5f, 0);
+        emulate(a.data(), g.data(), n, k, h, w, H, W, method, 64, 2, heatmap.data(), nullptr, nullptr, 0.5f, 1);
+    }
+    return 0;
+}
+"""
+
+
+def _emulation_source() -> str:
+    from onnx_gradcam.cam.fused import kernel_source
+
+    kernel = kernel_source().replace("extern __shared__ float shared[];", "float* shared = emulated_shared;")
+    assert "extern __shared__" not in kernel
+    return EMULATION_PRELUDE + kernel + EMULATION_LAUNCH
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> ctypes.CDLL:
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ is needed to run kernels/gradcam.cu on the CPU")
+    folder = tmp_path_factory.mktemp("emulator")
+    source, library = folder / "emulator.cpp", folder / "libemulator.so"
+    source.write_text(_emulation_source() + EMULATION_ENTRIES)
+    command = [compiler, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror",
+               "-Wno-unknown-pragmas", str(source), "-o", str(library)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return ctypes.CDLL(str(library))
+
+
+SIZES = np.random.default_rng(0)  # draws the parametrized sizes at collection
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +371,8 @@ def _random_sizes(count: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """(h, w) -> (H, W) pairs: up and down, integer and non-integer factors, 1-pixel sides."""
     fixed = [((7, 7), (224, 224)), ((14, 14), (224, 224)), ((7, 7), (28, 28)), ((1, 1), (5, 3)),
              ((5, 9), (1, 1)), ((8, 8), (4, 4)), ((16, 12), (5, 7)), ((7, 7), (7, 7))]
-    drawn = [((int(RNG.integers(1, 20)), int(RNG.integers(1, 20))),
-              (int(RNG.integers(1, 300)), int(RNG.integers(1, 300)))) for _ in range(count)]
+    drawn = [((int(SIZES.integers(1, 20)), int(SIZES.integers(1, 20))),
+              (int(SIZES.integers(1, 300)), int(SIZES.integers(1, 300)))) for _ in range(count)]
     return fixed + drawn
 
 
@@ -239,7 +386,7 @@ def test_half_to_float_matches_numpy_for_every_bit_pattern(lib):
 
 @pytest.mark.parametrize(("low_res", "size"), _random_sizes(40))
 def test_bilinear_matches_cv2_and_torch(lib, low_res, size):
-    cam = RNG.random(low_res, dtype=np.float32)
+    cam = np.random.default_rng([*low_res, *size]).random(low_res, dtype=np.float32)
     ours = _resize(lib, cam, size)
     by_cv2 = cv2.resize(cam, size[::-1], interpolation=cv2.INTER_LINEAR)
     by_torch = F.interpolate(torch.from_numpy(cam)[None, None], size=size, mode="bilinear", align_corners=False)
@@ -249,7 +396,7 @@ def test_bilinear_matches_cv2_and_torch(lib, low_res, size):
 
 @pytest.mark.parametrize(("low_res", "size"), _random_sizes(60))
 def test_candidate_extrema_equal_full_map_extrema(lib, low_res, size):
-    resized = _resize(lib, RNG.random(low_res, dtype=np.float32) ** 3, size)
+    resized = _resize(lib, np.random.default_rng([*low_res, *size]).random(low_res, dtype=np.float32) ** 3, size)
     rows, cols = _candidates(lib, low_res[0], size[0]), _candidates(lib, low_res[1], size[1])
     assert rows.min() >= 0 and rows.max() < size[0] and cols.min() >= 0 and cols.max() < size[1]
     sampled = resized[np.ix_(rows, cols)]
@@ -266,7 +413,7 @@ def test_upsampled_extrema_differ_from_low_res_extrema(lib):
 
 
 def test_normalize_matches_numpy_formula(lib):
-    values = RNG.random(1000, dtype=np.float32) * 5
+    values = np.random.default_rng(2).random(1000, dtype=np.float32) * 5
     low, high = np.float32(values.min()), np.float32(values.max())
     out = np.empty_like(values)
     lib.normalize_all(_ptr(values), values.size, ctypes.c_float(low), ctypes.c_float(high), _ptr(out))
@@ -278,7 +425,8 @@ def test_normalize_matches_numpy_formula(lib):
 
 def test_heat_level_and_jet_match_opencv_exactly(lib):
     halves = (np.arange(255, dtype=np.float32) + 0.5) / 255  # ties, up to float rounding
-    heatmap = np.concatenate([RNG.random(10000, dtype=np.float32), halves, [0.0, 1.0]]).astype(np.float32)
+    drawn = np.random.default_rng(3).random(10000, dtype=np.float32)
+    heatmap = np.concatenate([drawn, halves, [0.0, 1.0]]).astype(np.float32)
     levels = np.empty(heatmap.size, np.uint8)
     lib.heat_levels(_ptr(heatmap), heatmap.size, _ptr(levels))
     np.testing.assert_array_equal(levels, np.rint(heatmap * np.float32(255)).astype(np.uint8))
@@ -290,7 +438,7 @@ def test_heat_level_and_jet_match_opencv_exactly(lib):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
 def test_blend_matches_numpy(lib, alpha):
-    image, color = RNG.integers(0, 256, (2, 5000), dtype=np.uint8)
+    image, color = np.random.default_rng(4).integers(0, 256, (2, 5000), dtype=np.uint8)
     out = np.empty_like(image)
     lib.blend_all(_ptr(image), _ptr(color), image.size, ctypes.c_float(alpha), _ptr(out))
     alpha32 = np.float32(alpha)
@@ -342,8 +490,59 @@ def test_host_pipeline_of_a_negative_map_is_all_zeros(lib):
 @pytest.mark.parametrize("method", reference.METHODS)
 def test_host_overlay_matches_render_overlay(lib, method):
     activation, gradient = _pair((2, 32, 7, 7), np.float32)
-    images = RNG.integers(0, 256, (2, 50, 60, 3), dtype=np.uint8)
+    images = np.random.default_rng(1).integers(0, 256, (2, 50, 60, 3), dtype=np.uint8)
     heatmap, overlay = _host_heatmaps(lib, activation, gradient, method, (50, 60), images, alpha=0.4)
     for index in range(2):
         expected = reference_overlay(images[index], heatmap[index], alpha=0.4)
         assert np.abs(overlay[index].astype(int) - expected).max() <= 1
+
+
+def _emulated_heatmaps(emulator, activation, gradient, method, size, images=None, alpha=0.5, threads=256, slices=1,
+                       cam_in_workspace=False):
+    batch, channels, height, width = activation.shape
+    heatmap = np.empty((batch, *size), np.float32)
+    overlay = None if images is None else np.empty_like(images)
+    entry = emulator.emulate_f16 if activation.dtype == np.float16 else emulator.emulate_f32
+    entry(_ptr(activation), _ptr(gradient), batch, channels, height, width, *size, METHOD_IDS[method], threads, slices,
+          _ptr(heatmap), _ptr(images), _ptr(overlay), ctypes.c_float(alpha), int(cam_in_workspace))
+    return heatmap if images is None else (heatmap, overlay)
+
+
+# (threads, slices, cam_in_workspace): one block per image, channels split over blocks with an empty
+# slice, the map in the global workspace (as for maps over 8192 pixels), a one-warp block.
+LAUNCHES = [(256, 1, False), (64, 9, False), (64, 2, True), (32, 3, False)]
+
+
+@pytest.mark.parametrize("method", reference.METHODS)
+@pytest.mark.parametrize(("threads", "slices", "cam_in_workspace"), LAUNCHES)
+def test_emulated_kernel_equals_host_mirror_and_reference(emulator, lib, method, threads, slices, cam_in_workspace):
+    activation, gradient = _pair((2, 40, 9, 11), np.float32)
+    images = np.random.default_rng(1).integers(0, 256, (2, 23, 17, 3), dtype=np.uint8)
+    launch = {"threads": threads, "slices": slices}
+    heatmap, overlay = _emulated_heatmaps(emulator, activation, gradient, method, (23, 17), images, 0.3, **launch,
+                                          cam_in_workspace=cam_in_workspace)
+    mirror_heatmap, mirror_overlay = _host_heatmaps(lib, activation, gradient, method, (23, 17), images, 0.3, **launch)
+    np.testing.assert_allclose(heatmap, reference.heatmaps(activation, gradient, method, (23, 17)), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(heatmap, mirror_heatmap)  # same order of every sum, so bit for bit
+    np.testing.assert_array_equal(overlay, mirror_overlay)
+
+
+@pytest.mark.parametrize("method", reference.METHODS)
+def test_emulated_kernel_reads_float16(emulator, method):
+    activation, gradient = _pair((3, 70, 7, 7), np.float16)
+    heatmap = _emulated_heatmaps(emulator, activation, gradient, method, (28, 28), slices=2)
+    np.testing.assert_allclose(heatmap, reference.heatmaps(activation, gradient, method, (28, 28)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to run kernels/gradcam.cu on the CPU")
+def test_emulated_kernel_has_no_data_race_under_thread_sanitizer(tmp_path):
+    source, program = tmp_path / "race.cpp", tmp_path / "race"
+    source.write_text(_emulation_source() + EMULATION_MAIN)
+    command = ["g++", "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-pthread", "-Wno-unknown-pragmas",
+               str(source), "-o", str(program)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    if built.returncode != 0 and "tsan" in built.stderr.lower():
+        pytest.skip(f"ThreadSanitizer is not available: {built.stderr[-300:]}")
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(program)], capture_output=True, text=True, env={"TSAN_OPTIONS": "halt_on_error=1"})
+    assert ran.returncode == 0, ran.stderr[-5000:]

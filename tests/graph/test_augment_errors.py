@@ -5,6 +5,8 @@ model's own outputs (bit-identical originals), and the NumPy heatmap reference (
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -82,13 +84,18 @@ def session(model: onnx.ModelProto) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(model.SerializeToString(), providers=PROVIDERS)
 
 
-def torch_oracle(x: np.ndarray, target_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(relu2, d logits[i, class_i] / d relu2, classes, logits) by torch autograd in float64."""
+def torch_oracle(x: np.ndarray, target_class: np.ndarray,
+                 target: str = "relu2") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(target, d logits[i, class_i] / d target, classes, logits) by torch autograd in float64."""
     w = {name: torch.from_numpy(value.astype(np.float64)) for name, value in _weights().items()}
     image = torch.from_numpy(x.astype(np.float64))
-    pool1 = F.max_pool2d(F.relu(F.conv2d(image, w["w1"], w["b1"], padding=1)), 2)
-    activation = F.relu(F.conv2d(pool1, w["w2"], w["b2"], padding=1)).requires_grad_()
-    logits = activation.mean((2, 3)) @ w["w3"].T + w["b3"]
+    relu1 = F.relu(F.conv2d(image, w["w1"], w["b1"], padding=1))
+    if target == "relu1":
+        activation = relu1 = relu1.requires_grad_()
+    relu2 = F.relu(F.conv2d(F.max_pool2d(relu1, 2), w["w2"], w["b2"], padding=1))
+    if target == "relu2":
+        activation = relu2 = relu2.requires_grad_()
+    logits = relu2.mean((2, 3)) @ w["w3"].T + w["b3"]
     classes = np.where(target_class < 0, logits.detach().numpy().argmax(1), target_class)
     logits[torch.arange(len(x)), torch.from_numpy(classes)].sum().backward()
     return activation.detach().numpy(), activation.grad.numpy(), classes, logits.detach().numpy()
@@ -204,7 +211,7 @@ def test_op_without_rule_off_the_path_is_fine():
 
 
 @pytest.fixture
-def model_file(tmp_path) -> "callable":
+def model_file(tmp_path) -> Callable[[str, bytes], str]:
     def write(name: str, content: bytes) -> str:
         path = tmp_path / name
         path.write_bytes(content)
@@ -278,6 +285,7 @@ MAXPOOL_INDICES_BUG = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize("build, target", [(cnn, "relu2"), (cnn, "conv2"),
+                                          (cnn, "relu1"),
                                           pytest.param(pooled_cnn, "relu2", marks=MAXPOOL_INDICES_BUG),
                                           (pooled_cnn, "pool2")])
 def test_original_outputs_are_bit_identical_to_the_plain_model(build, target):
@@ -301,6 +309,19 @@ def test_gradient_class_score_and_logits_match_torch_autograd(augmented_session)
     assert _relative_error(logits, logits_expected) <= 1e-5
     assert _relative_error(activation, activation_expected) <= 1e-5
     assert gradient.shape == activation.shape == (4, 16, HEIGHT // 2, WIDTH // 2)
+    assert _relative_error(gradient, gradient_expected) <= GRADIENT_TOLERANCE
+
+
+def test_gradient_through_conv_and_max_pool_matches_torch_autograd():
+    # relu1 -> MaxPool -> Conv -> Relu -> GlobalAveragePool -> Gemm: the Conv and MaxPool rules end to end.
+    x = images(3, seed=5)
+    target_class = np.array([-1, 6, 2], np.int64)
+    model = onnx_gradcam.augment(cnn(), target="relu1")
+    activation, gradient, chosen = session(model).run(OUTPUTS[:3], {"image": x, "gradcam_target_class": target_class})
+    activation_expected, gradient_expected, class_expected, _ = torch_oracle(x, target_class, target="relu1")
+    np.testing.assert_array_equal(chosen, class_expected)
+    assert _relative_error(activation, activation_expected) <= 1e-5
+    assert gradient.shape == (3, 8, HEIGHT, WIDTH)
     assert _relative_error(gradient, gradient_expected) <= GRADIENT_TOLERANCE
 
 

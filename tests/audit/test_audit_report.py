@@ -1,0 +1,44 @@
+"""Report pieces without a browser: gallery selection, tiles that decode, well-formed SVG charts."""
+from __future__ import annotations
+
+import base64
+import xml.etree.ElementTree as ElementTree
+
+import cv2
+import numpy as np
+
+from onnx_gradcam.audit import charts
+from onnx_gradcam.audit.gallery import select_galleries, tile_uri
+from onnx_gradcam.audit.writers import records_table
+
+
+def row(path, probability, entropy, correct, status="ok"):
+    return {"path": path, "status": status, "probability": probability, "entropy": entropy, "correct": correct}
+
+
+def test_galleries_pick_confident_misclassified_and_spread_out_rows():
+    table = records_table([row("/a", 0.9, 0.2, True), row("/b", 0.6, 0.9, False), row("/c", 0.99, 0.5, None),
+                           row("/d", 0.7, 0.95, False), row("/e", None, None, None, status="error")])
+    galleries = select_galleries(table, size=2)
+    assert [r["path"] for r in galleries["most confident"]] == ["/c", "/a"]
+    assert [r["path"] for r in galleries["misclassified"]] == ["/d", "/b"]
+    assert [r["path"] for r in galleries["least focused"]] == ["/d", "/b"]
+
+
+def test_tiles_are_data_uris_that_decode_to_the_tile_size():
+    for shape, mime, side in [((28, 28, 3), "image/png", 140), ((300, 600, 3), "image/jpeg", 160)]:
+        uri = tile_uri(np.full(shape, 200, np.uint8))
+        header, payload = uri.split(",", 1)
+        assert header == f"data:{mime};base64"
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_COLOR)
+        assert max(image.shape[:2]) == side
+
+
+def test_charts_are_well_formed_svg_with_one_bar_per_bin():
+    svg = charts.histogram([0.1, 0.15, 0.5, None, float("nan"), 1.0], "Confidence", "p", bins=10)
+    root = ElementTree.fromstring(svg)
+    assert root.tag == "svg" and len(root.findall("rect")) == 10
+    heights = [float(rect.get("height")) for rect in root.findall("rect")]
+    assert heights[1] == max(heights) and heights[2] == 0  # 0.1 and 0.15 share a bin; NaN and None dropped
+    ElementTree.fromstring(charts.bars(["a<b", "c"], [3, 0], "Classes & more", "class"))
+    ElementTree.fromstring(charts.scatter_density([0.1, 0.9, None], [0.2, 0.8, 0.5], "Peaks"))
