@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
 from .errors import GradCamError
+from .preprocess import parse_preprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
@@ -23,26 +23,14 @@ def _augment(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise GradCamError("augment needs -o OUT (or --list-targets)")
-    preprocess = _preprocess_arg(args.preprocess)
+    preprocess = parse_preprocess(args.preprocess)
     model = augment(args.model, target=args.target, output=args.output, heatmap=args.heatmap,
-                    preprocess=preprocess.to_dict() if preprocess else None)
+                    preprocess=preprocess.to_dict() if preprocess else None,
+                    input_gradient=args.input_gradient, guided=args.guided)
     meta = {p.key: p.value for p in model.metadata_props}
     print(f"augmented {args.model} -> {args.output}: target {meta['gradcam_target']} "
           f"{meta['gradcam_target_shape']}, score {meta['gradcam_score']}")
     return 0
-
-
-def _preprocess_arg(value: Optional[str]):
-    from .preprocess import Preprocess
-
-    if value is None:
-        return None
-    if value == "imagenet":
-        return Preprocess.imagenet()
-    if value == "none":
-        return Preprocess()
-    spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
-    return Preprocess.from_dict(spec)
 
 
 def _collect_images(inputs: Sequence[str]) -> list[Path]:
@@ -59,6 +47,7 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .cam.attribution import INPUT_METHODS
     from .explainer import Explainer
     from .graph.augment import augment, augmented_metadata
     from .graph.io import load_model
@@ -69,8 +58,10 @@ def _explain(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     if "target" not in augmented_metadata(model):
         print(f"{args.model} is a plain model: augmenting it (target {args.target})", file=sys.stderr)
-        model = augment(model, target=args.target)
-    preprocess = _preprocess_arg(args.preprocess)
+        guided = args.method in ("guided_backprop", "guided_gradcam")
+        model = augment(model, target=args.target, guided=guided,
+                        input_gradient=args.method in INPUT_METHODS and not guided)
+    preprocess = parse_preprocess(args.preprocess)
     if preprocess is None and "preprocess" not in augmented_metadata(model):
         print("the model records no preprocessing: using ImageNet mean/std (pass --preprocess to change)",
               file=sys.stderr)
@@ -87,7 +78,7 @@ def _explain(args: argparse.Namespace) -> int:
             print(f"{path}: skipped: {error}", file=sys.stderr)
             failures += 1
             continue
-        explanation = explainer.explain([image], target_class=args.target_class)
+        explanation = explainer.explain([image], target_class=args.target_class, method=args.method)
         heatmap = explanation.heatmaps[0]
         heatmap = heatmap.get() if hasattr(heatmap, "get") and not isinstance(heatmap, np.ndarray) else heatmap
         target = out_dir / f"{path.stem}_{explanation.method}.png"
@@ -101,17 +92,19 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .audit.demo import run_demo_audit
+    from .demo import write_contact_sheet
 
     out_dir = Path(args.output)
-    explanation = run_demo(out_dir, count=args.count, method=args.method)
-    print(f"explained {len(explanation)} held-out digits with {explanation.method}; "
-          f"overlays and contact_sheet.png in {out_dir}/")
-    return 0
+    code = run_demo_audit(out_dir, count=args.count, method=args.method)
+    write_contact_sheet(out_dir, method=args.method)
+    print(f"contact sheet: {out_dir / 'contact_sheet.png'}")
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cam.reference import METHODS
+    from .cam.reference import METHODS as CAM_METHODS
+    from .explainer import METHODS
 
     parser = argparse.ArgumentParser(prog="onnx-gradcam", description=__doc__)
     parser.add_argument("--version", action="version", version=f"onnx-gradcam {__version__}")
@@ -124,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     augment.add_argument("--list-targets", action="store_true", help="list candidate target tensors and exit")
     augment.add_argument("--heatmap", action="store_true", help="also compute gradcam_heatmap in the graph")
     augment.add_argument("--preprocess", help="'imagenet', 'none', or a JSON spec/file to record in the model")
+    augment.add_argument("--input-gradient", action="store_true",
+                         help="also output d score / d image (saliency, smoothgrad, integrated_gradients)")
+    augment.add_argument("--guided", action="store_true",
+                         help="also output the guided-backprop gradient (guided_backprop, guided_gradcam)")
     augment.set_defaults(func=_augment)
 
     explain = commands.add_parser("explain", help="write heatmap overlays and print top-5 classes")
@@ -140,18 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--preprocess", help="'imagenet', 'none', or a JSON spec/file (default: from the model)")
     explain.set_defaults(func=_explain)
 
-    demo = commands.add_parser("demo", help="explain the built-in digits model")
+    demo = commands.add_parser("demo", help="audit the built-in digits set: records, overlays, report.html")
     demo.add_argument("-o", "--output", default="gradcam-demo")
-    demo.add_argument("--count", type=int, default=40)
-    demo.add_argument("--method", default="hirescam", choices=METHODS)
+    demo.add_argument("--count", type=int, default=None, help="digits to audit (default: all 450)")
+    demo.add_argument("--method", default="hirescam", choices=CAM_METHODS)
     demo.set_defaults(func=_demo)
 
-    try:
-        from .export.cli import add_export_parser
-    except ImportError:
-        pass
-    else:
-        add_export_parser(commands)
+    from .audit.cli import add_audit_parser
+    from .export.cli import add_export_parser
+
+    add_audit_parser(commands)
+    add_export_parser(commands)
     return parser
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from .cam import attribution, reference
 from .errors import InputError, NotAugmentedError
@@ -57,7 +57,8 @@ class Explainer:
 
     def __init__(self, model: ModelLike, device: str = "cpu", method: str = "gradcam",
                  batch_size: int = 32, preprocess: Optional[Union[Preprocess, dict]] = None,
-                 providers: Optional[Sequence[Any]] = None) -> None:
+                 providers: Optional[Sequence[Any]] = None,
+                 session_options: Optional[ort.SessionOptions] = None) -> None:
         proto = load_model(model)
         self.metadata = augmented_metadata(proto)
         if "target" not in self.metadata:
@@ -76,6 +77,7 @@ class Explainer:
         self.num_classes = _num_classes(proto)
         self.preprocess = self._preprocess_spec(preprocess)
         self.model, self.device_spec, self.providers = proto, device, providers
+        self.session_options = session_options
         self.output_names = [o.name for o in proto.graph.output]
         self._sessions: dict[frozenset, Session] = {}
         self.device = self._session([ACTIVATION, GRADIENT] + SUMMARY).device
@@ -235,7 +237,8 @@ class Explainer:
             wanted = [name for name in self.output_names if name in key]
             everything = set(self.output_names) <= key
             model = self.model if everything else keep_outputs(self.model, wanted)
-            self._sessions[key] = Session(model, device=self.device_spec, providers=self.providers)
+            self._sessions[key] = Session(model, device=self.device_spec, providers=self.providers,
+                                          options=self.session_options)
         return self._sessions[key]
 
     def _run(self, batch: np.ndarray, classes: np.ndarray, outputs: Sequence[str], progress: bool,

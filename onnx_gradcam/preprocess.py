@@ -1,8 +1,10 @@
 """Turning raw images (paths, uint8 arrays) into the float tensor a model expects."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -100,3 +102,23 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image[..., :3]
+
+
+def parse_preprocess(value: Union[None, str, dict, Preprocess]) -> Optional[Preprocess]:
+    """A Preprocess from 'imagenet', 'none' (plain /255), a JSON string or file, a dict, or None."""
+    if value is None or isinstance(value, Preprocess):
+        return value
+    if isinstance(value, dict):
+        return Preprocess.from_dict(value)
+    if value == "imagenet":
+        return Preprocess.imagenet()
+    if value == "none":
+        return Preprocess()
+    try:
+        spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--preprocess must be 'imagenet', 'none', or a JSON spec or file; got {value!r} "
+                         f"({error})") from error
+    if not isinstance(spec, dict):
+        raise InputError(f"a preprocessing spec must be a JSON object, got {spec!r}")
+    return Preprocess.from_dict(spec)

@@ -1,6 +1,7 @@
 """Colormap, overlay and image I/O; public images are RGB uint8 [H,W,3], BGR exists only at cv2 calls."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
@@ -24,7 +25,14 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     if heatmap.ndim != 2 or heatmap.size == 0:
         raise InputError(f"heatmap must be a non-empty [H,W] array, got shape {heatmap.shape}")
     heat = np.rint(np.clip(np.nan_to_num(heatmap), 0, 1) * np.float32(255)).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return _jet_table()[heat]
+
+
+@functools.lru_cache(maxsize=1)
+def _jet_table() -> np.ndarray:
+    """OpenCV's JET colours for the 256 heat levels, RGB (a lookup is ~20x faster than applyColorMap)."""
+    levels = np.arange(256, dtype=np.uint8)[:, None]
+    return cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)[:, 0]
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:

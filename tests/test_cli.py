@@ -257,15 +257,16 @@ def test_explain_nhwc_model_with_explicit_nhwc_preprocessing(files, tmp_path, ca
 
 # ---------------------------------------------------------------- demo
 
-def test_demo_writes_overlays_and_a_contact_sheet(tmp_path, capsys):
+def test_demo_audits_the_digits_with_a_report_and_a_contact_sheet(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out)]) == 0
+    assert main(["demo", "-o", str(out), "--count", "60"]) == 0
     assert "contact_sheet.png" in capsys.readouterr().out
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 112 and sheet.shape[1] > 112 * 5
-    assert len(list(out.glob("digit_*.png"))) == 40
+    assert len(list((out / "overlays").glob("digit_*.png"))) == 60
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 40 and summary["accuracy"] >= 0.9
+    assert summary["records"] == summary["ok"] == 60 and summary["accuracy"] >= 0.9
+    assert (out / "records.parquet").is_file() and (out / "report.html").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------- errors

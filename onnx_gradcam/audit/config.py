@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..cam.reference import normalize_method
 from ..errors import InputError
 from ..labels import load_labels
-from ..preprocess import Preprocess
+from ..preprocess import Preprocess, parse_preprocess
 from .decode import DEFAULT_MAX_PIXELS
 
 SAVE_CHOICES = ("overlays", "heatmaps")
@@ -54,6 +53,8 @@ class AuditConfig:
             raise InputError(f"overlay format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1 or self.commit_every < 1:
             raise InputError("--batch, --commit-every and --max-pixels must be positive, --workers not negative")
+        from ..explainer import normalize_method
+
         self.method = normalize_method(self.method)
         if not self.workers:
             self.workers = max(1, min(8, os.cpu_count() or 1))
@@ -78,14 +79,22 @@ class AuditModel:
 
 def prepare_model(config: AuditConfig) -> AuditModel:
     """Load MODEL (augmenting a plain one), resolve preprocessing, labels and --class; errors are usage errors."""
-    from ..graph.augment import augment, augmented_metadata
+    from ..cam.attribution import INPUT_METHODS
+    from ..graph.augment import GUIDED_GRADIENT, INPUT_GRADIENT, augment, augmented_metadata
     from ..graph.io import load_model
 
     path = Path(config.model)
     proto = load_model(path)
+    guided = config.method in ("guided_backprop", "guided_gradcam")
+    input_gradient = config.method in INPUT_METHODS and not guided
     if "target" not in augmented_metadata(proto):
         print(f"{path} is a plain model: augmenting it (target {config.target})", file=sys.stderr)
-        proto = augment(proto, target=config.target)
+        proto = augment(proto, target=config.target, input_gradient=input_gradient, guided=guided)
+    needed = GUIDED_GRADIENT if guided else INPUT_GRADIENT if input_gradient else None
+    if needed and needed not in {output.name for output in proto.graph.output}:
+        flag = "--guided" if guided else "--input-gradient"
+        raise InputError(f"--method {config.method} needs a model augmented with {flag}: run "
+                         f"`onnx-gradcam augment PLAIN_MODEL -o OUT {flag}` or pass the plain model")
     metadata = augmented_metadata(proto)
     preprocess = parse_preprocess(config.preprocess)
     if preprocess is None and "preprocess" in metadata:
@@ -112,23 +121,6 @@ def _with_model_size(preprocess: Preprocess, metadata: dict) -> Preprocess:
                          "e.g. --preprocess '{\"size\": [224, 224], \"mean\": [0.485, 0.456, 0.406], "
                          "\"std\": [0.229, 0.224, 0.225]}'")
     return Preprocess.from_dict({**preprocess.to_dict(), "size": dims})
-
-
-def parse_preprocess(value) -> Optional[Preprocess]:
-    """A Preprocess from 'imagenet', 'none', a JSON string or file, a dict, or None."""
-    if value is None or isinstance(value, Preprocess):
-        return value
-    if isinstance(value, dict):
-        return Preprocess.from_dict(value)
-    if value == "imagenet":
-        return Preprocess.imagenet()
-    if value == "none":
-        return Preprocess()
-    try:
-        spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
-    except (OSError, ValueError) as error:
-        raise InputError(f"--preprocess must be 'imagenet', 'none', or a JSON spec or file; got {value!r}") from error
-    return Preprocess.from_dict(spec)
 
 
 def resolve_class(value, labels: Optional[list[str]]) -> Optional[int]:

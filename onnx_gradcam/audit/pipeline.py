@@ -48,17 +48,14 @@ class BatchResult:
 def build_explainer(model_bytes: bytes, device: str, method: str, batch_size: int, preprocess,
                     intra_op_threads: Optional[int] = None) -> Explainer:
     """An Explainer for the audit; intra_op_threads caps ONNX Runtime's threads (one per Ray CPU actor)."""
-    explainer = Explainer(model_bytes, device=device, method=method, batch_size=batch_size, preprocess=preprocess)
+    session_options = None
     if intra_op_threads:
-        # Explainer takes no SessionOptions yet, so the session is rebuilt with a capped thread pool.
         import onnxruntime as ort
 
-        from ..runtime import Session
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        explainer.session = Session(model_bytes, device=device, options=options)
-    return explainer
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = intra_op_threads
+    return Explainer(model_bytes, device=device, method=method, batch_size=batch_size, preprocess=preprocess,
+                     session_options=session_options)
 
 
 class BatchExplainer:

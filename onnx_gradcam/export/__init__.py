@@ -67,7 +67,7 @@ def suggestion(outputs: Sequence[LayerOutput], name: str) -> str:
     return f"choose an earlier one such as {spatial[-1]!r}. " if spatial else ""
 
 
-def listing(outputs: Sequence[LayerOutput], limit: int = 30) -> str:
+def listing(outputs: Sequence[LayerOutput], limit: int = 15) -> str:
     """Indented lines naming the 4-D outputs (the last `limit` of them)."""
     shown = [info for info in outputs if len(info.shape) == 4]
     if not shown:
@@ -78,7 +78,7 @@ def listing(outputs: Sequence[LayerOutput], limit: int = 30) -> str:
 
 def check_target_output(info: LayerOutput, kind: str, outputs: Sequence[LayerOutput]) -> None:
     """Raise TargetNotFoundError unless info is a 4-D output with spatial extent."""
-    where = f"{kind}s with a 4-D output:\n{listing(outputs)}"
+    where = f"{kind.capitalize()}s with a 4-D output:\n{listing(outputs)}"
     if info.shape == ():
         raise TargetNotFoundError(f"{kind} {info.name!r} returns no single tensor; pick a {kind} that returns "
                                   f"the activation tensor. {where}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import ExportError
+from ..preprocess import parse_preprocess
 
 
 def add_export_parser(subparsers) -> None:
@@ -79,7 +80,7 @@ def _export_torch(args: argparse.Namespace) -> int:
         _print_targets(list_torch_targets(module, example))
         return 0
     model = export_torch(module, example, target=args.target, path=_required_output(args), opset=args.opset,
-                         dynamic_batch=not args.static_batch, preprocess=_preprocess(args.preprocess),
+                         dynamic_batch=not args.static_batch, preprocess=parse_preprocess(args.preprocess),
                          heatmap=args.heatmap)
     _report(args.module, args.output, model)
     return 0
@@ -92,7 +93,7 @@ def _export_keras(args: argparse.Namespace) -> int:
         _print_targets(list_keras_targets(args.model))
         return 0
     model = export_keras(args.model, target=args.target, path=_required_output(args),
-                         preprocess=_preprocess(args.preprocess), input_shape=args.input_shape, opset=args.opset,
+                         preprocess=parse_preprocess(args.preprocess), input_shape=args.input_shape, opset=args.opset,
                          dynamic_batch=not args.static_batch, heatmap=args.heatmap)
     _report(args.model, args.output, model)
     return 0
@@ -114,24 +115,6 @@ def _report(source: str, output: str, model) -> None:
     meta = {p.key: p.value for p in model.metadata_props}
     print(f"exported {source} -> {output}: target {meta.get('gradcam_target')} "
           f"{meta.get('gradcam_target_shape')}, score {meta.get('gradcam_score')}")
-
-
-def _preprocess(value: Optional[str]):
-    """None, or a Preprocess from 'imagenet', 'none' (plain /255) or a JSON spec / file."""
-    if value is None:
-        return None
-    from ..preprocess import Preprocess
-
-    if value == "imagenet":
-        return Preprocess.imagenet()
-    if value == "none":
-        return Preprocess()
-    try:
-        spec = json.loads(Path(value).read_text() if Path(value).is_file() else value)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ExportError(f"--preprocess must be 'imagenet', 'none', or a JSON spec or file; got {value!r} "
-                          f"({error})") from error
-    return Preprocess.from_dict(spec)
 
 
 def _factory_kwargs(pairs: list[str]) -> dict[str, Any]:

@@ -87,6 +87,14 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     if any(p.key == METADATA_PREFIX + "target" for p in original.metadata_props):
         raise GradCamError("this model is already augmented (it has gradcam_* outputs); "
                            "pass the original model to augment it again")
+    opset = next((o.version for o in original.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if opset < 11:
+        # The reverse pass needs opset-11 ops (Range, GatherElements, ScatterElements, Pad with inputs).
+        try:
+            original = onnx.version_converter.convert_version(original, 11)
+        except Exception as error:
+            raise GradCamError(f"the model uses opset {opset}; augmenting needs opset >= 11 and the ONNX "
+                               f"version converter failed ({error}); re-export with opset >= 11") from error
     analysed, b, index = _analyse(original)
     score_tensor, score_output = find_score(index, score)
     target_info = choose_target(index, score_tensor, target)
@@ -120,8 +128,6 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     result.CopyFrom(original)
     graph = result.graph
     graph.input.append(analysed.graph.input[-1])  # gradcam_target_class
-    del graph.node[:]  # rules may have extended forward nodes (MaxPool indices)
-    graph.node.extend(analysed.graph.node)
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)
     batch = b.shapes.get(score_tensor, [None])[0]

@@ -17,6 +17,7 @@ class GraphBuilder:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.prefix = prefix
         self.guided = False  # when set, Relu rules emit guided-backpropagation gradients
+        self.memo: dict[str, str] = {}  # forward values a rule derived once, for later passes
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.shapes: dict[str, list[Dim]] = {}
@@ -34,7 +35,12 @@ class GraphBuilder:
             self._values[tensor.name] = tensor
         for node in graph.node:
             if node.op_type == "Constant" and node.attribute:
-                value = helper.get_attribute_value(node.attribute[0])
+                attribute = node.attribute[0]
+                value = helper.get_attribute_value(attribute)
+                if attribute.name in ("value_int", "value_ints"):
+                    value = numpy_helper.from_array(np.array(value, np.int64))
+                elif attribute.name in ("value_float", "value_floats"):
+                    value = numpy_helper.from_array(np.array(value, np.float32))
                 if isinstance(value, onnx.TensorProto):
                     self.shapes[node.output[0]] = list(value.dims)
                     self.dtypes[node.output[0]] = value.data_type

@@ -48,7 +48,14 @@ def differentiate(node: onnx.NodeProto, grads: Grads, needed: Sequence[bool],
             "choose a target closer to the output (see list_targets) or file an issue with this op. "
             f"Supported ops: {', '.join(sorted(RULES))}")
     result = list(function(node, grads, needed, b))
-    return result + [None] * (len(node.input) - len(result))
+    result += [None] * (len(node.input) - len(result))
+    for name, need, grad in zip(node.input, needed, result):
+        if need and grad is None:
+            raise UnsupportedOpError(
+                f"the {node.op_type} rule gives no gradient for input {name!r} of node "
+                f"{node.name or node.output[0]!r}, which depends on the target; choose a target "
+                "closer to the output (see list_targets)")
+    return result
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -191,7 +198,12 @@ def _clip(node, grads, needed, b):
         if bound is not None:
             test = b.op(compare, x, bound)
             inside = test if inside is None else b.op("And", inside, test)
-    return [grads[0] if inside is None else _where(b, inside, grads[0])]
+    result: Grads = [grads[0] if inside is None else _where(b, inside, grads[0]), None, None]
+    for index, bound, compare in ((1, low, "Less"), (2, high, "Greater")):
+        if bound is not None and b.opset >= 11 and len(needed) > index and needed[index]:
+            clipped = _where(b, b.op(compare, x, bound), grads[0])
+            result[index] = unbroadcast(b, clipped, bound, node.output[0])
+    return result
 
 
 @rule("Sigmoid")
@@ -463,6 +475,8 @@ def _slice(node, grads, needed, b):
     for axis, start, stop in zip(axes, starts, ends):
         size = shape[axis]
         if not isinstance(size, int):
+            if int(start) == 0 and int(stop) >= 2**31 - 1:
+                continue  # the whole axis: nothing to pad back
             raise UnsupportedOpError(f"Slice {node.name!r}: axis {axis} has no static size")
         start, stop, _ = slice(int(start), int(stop)).indices(size)
         pads[axis], pads[axis + len(shape)] = start, size - max(stop, start)
@@ -474,14 +488,18 @@ def _slice(node, grads, needed, b):
 @rule("MaxPool")
 def _max_pool(node, grads, needed, b):
     x = node.input[0]
-    if len(node.output) < 2 or not node.output[1]:
-        # Let the forward node also return its argmax indices: forward values are reused, not recomputed.
-        indices = b.name("maxpool_indices")
-        del node.output[1:]
-        node.output.append(indices)
-    indices = node.output[1]
     if attr(node, "storage_order", 0):
         raise UnsupportedOpError(f"MaxPool {node.name!r} with storage_order=1 is not supported")
+    if len(node.output) > 1 and node.output[1]:
+        indices = node.output[1]
+    elif node.output[0] in b.memo:  # a second reverse pass (guided) reuses the indices
+        indices = b.memo[node.output[0]]
+    else:
+        # A second MaxPool returns the argmax indices: an Indices output on the forward node would
+        # change how ONNX Runtime runs it (no NCHWc kernel), and the original outputs by a few ulps.
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        _, indices = b.op("MaxPool", x, outputs=2, hint="maxpool_indices", **attributes)
+        b.memo[node.output[0]] = indices
     flat = b.op("Reshape", b.zeros_like(x), b.const([-1], np.int64))
     index = b.op("Reshape", indices, b.const([-1], np.int64))
     update = b.op("Reshape", grads[0], b.const([-1], np.int64))

@@ -73,3 +73,21 @@ def test_progress_bar_shows_images_per_second(model_path, tmp_path, capsys):
     write_digits(tmp_path / "digits", 3)
     assert main(["audit", model_path, str(tmp_path / "digits"), "--out", str(tmp_path / "out"), "--no-report"]) == 0
     assert "img/s" in capsys.readouterr().err
+
+
+def test_plain_model_is_augmented_for_an_input_gradient_method(tmp_path, capsys):
+    from audit_helpers import tiny_plain_model
+
+    write_digits(tmp_path / "digits", 3)
+    model = tiny_plain_model(tmp_path / "plain.onnx")
+    assert audit(model, tmp_path / "digits", "--out", tmp_path / "out", "--method", "saliency",
+                 "--preprocess", '{"channel_order": "GRAY"}') == 0
+    rows = pq.read_table(tmp_path / "out" / "records.parquet").to_pylist()
+    assert [row["status"] for row in rows] == ["ok"] * 3 and all(0 <= row["entropy"] <= 1 for row in rows)
+    assert "plain model: augmenting it" in capsys.readouterr().err
+
+
+def test_input_gradient_method_on_a_model_without_that_output_is_a_usage_error(model_path, tmp_path, capsys):
+    write_digits(tmp_path / "digits", 1)
+    assert audit(model_path, tmp_path / "digits", "--out", tmp_path / "out", "--method", "saliency") == 2
+    assert "needs a model augmented with --input-gradient" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_every_input_gets_one_record_and_bad_inputs_a_reason(model_path, tmp_pat
 
 
 def test_saved_heatmaps_overlays_and_csv_match_the_records(model_path, tmp_path):
-    digits = write_digits(tmp_path / "digits", 9, scale=2)
+    write_digits(tmp_path / "digits", 9, scale=2)
     out = tmp_path / "out"
     summary = run_audit(config(model_path, [tmp_path / "digits"], out, save={"overlays", "heatmaps"}, csv=True,
                                report=True))

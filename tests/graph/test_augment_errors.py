@@ -278,15 +278,9 @@ def test_augmented_interface_inputs_outputs_and_metadata(augmented):
     assert metadata["gradcam_score"] == "logits"  # auto: walks back over the final Softmax
 
 
-MAXPOOL_INDICES_BUG = pytest.mark.xfail(
-    strict=False,  # ORT picks its NCHWc kernels only on x86 CPUs with AVX2 or better
-    reason="the MaxPool rule adds an Indices output to the forward MaxPool node, so ONNX Runtime can no longer "
-           "run conv2 -> MaxPool in its NCHWc layout and the original outputs change by a few ulps")
-
-
 @pytest.mark.parametrize("build, target", [(cnn, "relu2"), (cnn, "conv2"),
                                           (cnn, "relu1"),
-                                          pytest.param(pooled_cnn, "relu2", marks=MAXPOOL_INDICES_BUG),
+                                          (pooled_cnn, "relu2"),
                                           (pooled_cnn, "pool2")])
 def test_original_outputs_are_bit_identical_to_the_plain_model(build, target):
     x = images(4)

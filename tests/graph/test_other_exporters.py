@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_gradcam import Explainer, GradCamError, UnsupportedOpError, augment, list_targets
+from onnx_gradcam import Explainer, augment, list_targets
 from onnx_gradcam.cam import reference
 from onnx_gradcam.graph.augment import ACTIVATION, CLASS, GRADIENT, HEATMAP, LOGITS, SCORE, TARGET_CLASS
 

@@ -204,8 +204,6 @@ case("Relu", "opset11", [node("Relu", ["t"], ["y"])], lambda t, w: F.relu(t), op
 case("LeakyRelu", "default_alpha", [node("LeakyRelu", ["t"], ["y"])], lambda t, w: F.leaky_relu(t, 0.01))
 case("LeakyRelu", "alpha0.2", [node("LeakyRelu", ["t"], ["y"], alpha=0.2)], lambda t, w: F.leaky_relu(t, 0.2))
 
-BEFORE_OPSET_11 = ("augment emits Range, GatherElements and ScatterElements (opset 11) into opset < 11 models, "
-                   "which then fail onnx.checker")
 CLIP_BOUNDS = {"lo": scalar(-0.5), "hi": scalar(0.75)}  # exact in float32 and float64
 for _opset in (11, 13):
     case("Clip", "min_and_max", [node("Clip", ["t", "lo", "hi"], ["y"])], lambda t, w: t.clamp(-0.5, 0.75),
@@ -218,14 +216,12 @@ case("Clip", "relu6", [node("Clip", ["t", "zero", "six"], ["y"])], lambda t, w: 
      init={"zero": scalar(0.0), "six": scalar(6.0)}, scale=5.0)
 case("Clip", "min_depends_on_target",
      [node("ReduceMean", ["t"], ["m"], keepdims=0), node("Clip", ["t", "m", "hi"], ["y"])],
-     lambda t, w: torch.maximum(t, t.mean()).clamp(max=0.75), init={"hi": scalar(0.75)},
-     xfail="the Clip rule returns no gradient for min/max inputs, so a bound computed from the target "
-           "silently loses its share of the gradient")
+     lambda t, w: torch.maximum(t, t.mean()).clamp(max=0.75), init={"hi": scalar(0.75)})
 case("Clip", "no_bounds", [node("Clip", ["t"], ["y"])], lambda t, w: t, opset=13)
 case("Clip", "attributes", [node("Clip", ["t"], ["y"], min=-0.5, max=0.75)], lambda t, w: t.clamp(-0.5, 0.75),
-     opset=10, xfail=BEFORE_OPSET_11)
+     opset=10)
 case("Clip", "max_attribute_only", [node("Clip", ["t"], ["y"], max=0.75)], lambda t, w: t.clamp(max=0.75),
-     opset=10, xfail=BEFORE_OPSET_11)
+     opset=10)
 
 case("Sigmoid", "plain", [node("Sigmoid", ["t"], ["y"])], lambda t, w: torch.sigmoid(t), scale=2.0)
 case("Tanh", "plain", [node("Tanh", ["t"], ["y"])], lambda t, w: torch.tanh(t), scale=2.0)
@@ -270,7 +266,7 @@ for _opset, _epsilon in ((9, 1e-5), (11, 1e-5), (14, 1e-3), (15, 1e-5)):
     case("BatchNormalization", f"eps{_epsilon}",
          [node("BatchNormalization", ["t", "scale", "bias", "mean", "var"], ["y"], epsilon=_epsilon)],
          lambda t, w, e=_epsilon: F.batch_norm(t, w["mean"], w["var"], w["scale"], w["bias"], False, 0.0, e),
-         init=_batch_norm_weights(3), opset=_opset, xfail=BEFORE_OPSET_11 if _opset < 11 else None)
+         init=_batch_norm_weights(3), opset=_opset)
 case("BatchNormalization", "on_3d",
      [node("Reshape", ["t", "shape"], ["r"]), node("BatchNormalization", ["r", "scale", "bias", "mean", "var"], ["y"])],
      lambda t, w: F.batch_norm(t.reshape(t.shape[0], 3, -1), w["mean"], w["var"], w["scale"], w["bias"], False),
@@ -404,9 +400,7 @@ for _name, _value in (("value", {"value": numpy_helper.from_array(ints(1, 3))}),
                       ("value_ints", {"value_ints": [1, 3]})):
     case("ReduceSum", f"axes_from_constant_{_name}",
          [node("Constant", [], ["axes"], **_value), node("ReduceSum", ["t", "axes"], ["y"], keepdims=0)],
-         lambda t, w: t.sum((1, 3)), opset=13,
-         xfail="GraphBuilder records Constant nodes only with a tensor `value`, so value_ints axes "
-               "read as computed at run time" if _name == "value_ints" else None)
+         lambda t, w: t.sum((1, 3)), opset=13)
 
 
 @dataclass(frozen=True)
@@ -614,7 +608,7 @@ case("Pad", "constant_value_and_channels", [node("Pad", ["t", "pads", "value"], 
      init={"pads": ints(0, 1, 0, 0, 0, 2, 0, 0), "value": scalar(0.5)})
 case("Pad", "pads_attribute", [node("Pad", ["t"], ["p"], pads=[0, 0, 1, 2, 0, 0, 0, 1]),
                                node("Mul", ["p", "w"], ["y"])],
-     lambda t, w: F.pad(t, (2, 1, 1, 0)) * w["w"], init={"w": rand(7, 9)}, opset=10, xfail=BEFORE_OPSET_11)
+     lambda t, w: F.pad(t, (2, 1, 1, 0)) * w["w"], init={"w": rand(7, 9)}, opset=10)
 
 INT64_MAX = int(np.iinfo(np.int64).max)
 SLICES = [  # (variant, starts, ends, axes, steps, torch indexing of t [N, 3, 6, 6])
@@ -641,12 +635,10 @@ for _variant, _starts, _ends, _axes, _steps, _index in SLICES:
         _tail = [node("Mul", ["s", "s"], ["y"])]
         _function = lambda t, w, i=_index: t[i] ** 2  # noqa: E731
     case("Slice", _variant, [node("Slice", _inputs, ["s"])] + _tail, _function, init=_init,
-         opset=13 if _steps else 11,
-         xfail="the Slice rule refuses any sliced axis of symbolic size, even a whole-axis slice "
-               "(start 0, end INT64_MAX) of the batch axis as tf2onnx emits" if _axes is None else None)
+         opset=13 if _steps else 11)
 case("Slice", "opset10", [node("Slice", ["t", "starts", "ends", "axes"], ["s"]), node("Mul", ["s", "s"], ["y"])],
      lambda t, w: t[:, :, 1:5] ** 2, init={"starts": ints(1), "ends": ints(5), "axes": ints(2)}, opset=10,
-     xfail=BEFORE_OPSET_11)
+     )
 
 
 # ---------------------------------------------------------------- joins and splits
