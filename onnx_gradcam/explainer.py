@@ -100,7 +100,14 @@ class Explainer:
         return tuple(d if isinstance(d, int) else None for d in dims)
 
     def prepare(self, images: ImageInput) -> np.ndarray:
-        """Return the float32 model-input batch for arrays, uint8 images or image paths."""
+        """Return the float32 model-input batch for arrays, uint8 images or image paths.
+
+        On device="cuda", CuPy arrays and torch CUDA tensors stay on the GPU (no host round trip).
+        """
+        if _on_device(images):
+            if self.device != "cuda":
+                raise InputError("GPU arrays need Explainer(device='cuda'); pass NumPy arrays on the CPU")
+            return self._check_tensor(_as_cupy(images))
         if isinstance(images, np.ndarray) and images.dtype.kind == "f":
             return self._check_tensor(images)
         if isinstance(images, np.ndarray) and images.dtype not in (np.uint8, np.uint16):
@@ -122,7 +129,8 @@ class Explainer:
         loaded = [read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item) for item in images]
         return self._check_tensor(self.preprocess(loaded))
 
-    def _check_tensor(self, batch: np.ndarray) -> np.ndarray:
+    def _check_tensor(self, batch):
+        xp = _array_module(batch)
         expected = self.input_shape
         if batch.ndim != len(expected) or any(
                 isinstance(want, int) and want != got for want, got in zip(expected[1:], batch.shape[1:])):
@@ -134,9 +142,9 @@ class Explainer:
                 raise InputError(f"input dtype {batch.dtype} is not supported: expected float32 "
                                  "(preprocessed) or uint8 images")
             batch = batch.astype(np.float32)
-        if not np.isfinite(batch).all():
+        if not bool(xp.isfinite(batch).all()):
             raise InputError("input contains NaN or infinite values")
-        return np.ascontiguousarray(batch)
+        return xp.ascontiguousarray(batch)
 
     def _target_classes(self, target_class, count: int) -> np.ndarray:
         if target_class is None:
@@ -155,7 +163,7 @@ class Explainer:
     def explain(self, images: ImageInput, target_class=None, method: Optional[str] = None,
                 keep_tensors: bool = False, progress: bool = False, samples: int = 16,
                 noise_level: float = 0.15, steps: int = 32, baseline: Optional[np.ndarray] = None,
-                seed: int = 0) -> Explanation:
+                seed: int = 0, as_numpy: bool = False) -> Explanation:
         """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and tensors on request).
 
         CAM methods (gradcam, gradcam++, xgradcam, hirescam, layercam) need only the augmented model;
@@ -163,6 +171,7 @@ class Explainer:
         integrated_gradients) or guided=True (guided_backprop, guided_gradcam). smoothgrad uses
         `samples` noisy copies (noise std = noise_level * value range); integrated_gradients uses
         `steps` Gauss-Legendre points from `baseline` (zeros by default); both run as batches.
+        On device="cuda" CAM heatmaps (and tensors) stay CuPy arrays unless as_numpy=True.
         """
         method = normalize_method(method or self.method)
         batch = self.prepare(images)
@@ -171,8 +180,13 @@ class Explainer:
         classes = self._target_classes(target_class, len(batch))
         size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
         if method in reference.METHODS:
-            return self._explain_cam(batch, classes, method, size, keep_tensors, progress)
-        return self._explain_input(batch, classes, method, size, progress, samples, noise_level,
+            explanation = self._explain_cam(batch, classes, method, size, keep_tensors, progress)
+            if as_numpy:
+                for name in ("heatmaps", "activation", "gradient"):
+                    value = getattr(explanation, name)
+                    setattr(explanation, name, None if value is None else _host(value))
+            return explanation
+        return self._explain_input(_host(batch), classes, method, size, progress, samples, noise_level,
                                    steps, baseline, seed)
 
     def _explain_cam(self, batch, classes, method, size, keep_tensors, progress) -> Explanation:
@@ -254,13 +268,28 @@ class Explainer:
             count = len(chunk)
             if self.static_batch and count < self.static_batch:  # pad to the model's fixed batch
                 missing = self.static_batch - count
-                chunk = np.concatenate([chunk, np.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
+                xp = _array_module(chunk)
+                chunk = xp.concatenate([chunk, xp.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
                 chunk_classes = np.concatenate([chunk_classes, np.full(missing, -1, np.int64)])
-            result = session.run({self.input_name: chunk, TARGET_CLASS: chunk_classes}, list(outputs))
+            result = self._run_fitting(session, chunk, chunk_classes, list(outputs))
             if len(chunk) > count:
                 result = {name: value[:count] for name, value in result.items()}
             summaries.append({name: _host(result[name]) for name in SUMMARY if name in result})
             yield result
+
+    def _run_fitting(self, session: Session, chunk, classes: np.ndarray, outputs: list[str]) -> dict:
+        """Run one chunk; a chunk too large for the GPU is split in halves, not crashed."""
+        try:
+            return session.run({self.input_name: chunk, TARGET_CLASS: classes}, outputs)
+        except Exception as error:  # ONNX Runtime raises its own exception types, by message
+            message = str(error).lower()
+            if len(chunk) < 2 or self.static_batch or not ("out of memory" in message or "allocate" in message):
+                raise
+        half = (len(chunk) + 1) // 2
+        self.batch_size = max(1, min(self.batch_size, half))  # later chunks start at a size that fits
+        parts = [self._run_fitting(session, chunk[:half], classes[:half], outputs),
+                 self._run_fitting(session, chunk[half:], classes[half:], outputs)]
+        return {name: _concatenate([part[name] for part in parts]) for name in outputs}
 
     def _heatmaps(self, activation, gradient, method: str, size: tuple[int, int]):
         if self.device == "cuda":
@@ -290,6 +319,24 @@ def _join_summary(parts: list[dict]) -> dict:
     return {"classes": np.concatenate([p[CLASS] for p in parts]),
             "scores": np.concatenate([p[SCORE] for p in parts]),
             "logits": np.concatenate([p[LOGITS] for p in parts])}
+
+
+def _on_device(value) -> bool:
+    module = type(value).__module__
+    return module.startswith("cupy") or (module.startswith("torch") and getattr(value, "is_cuda", False))
+
+
+def _as_cupy(value):
+    import cupy
+
+    return cupy.from_dlpack(value.detach()) if type(value).__module__.startswith("torch") else value
+
+
+def _array_module(value):
+    if type(value).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
 
 
 def _host(value) -> np.ndarray:

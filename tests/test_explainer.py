@@ -432,3 +432,49 @@ def test_nhwc_model_with_nhwc_preprocessing_equals_the_nchw_model(nhwc_augmented
 def test_nhwc_model_with_a_layout_free_preprocessing_spec(nhwc_augmented, raw_explainer, raw_images):
     nhwc = Explainer(nhwc_augmented, preprocess=Preprocess(mean=MEAN, std=STD))
     assert_same_explanation(nhwc.explain(raw_images), raw_explainer.explain(raw_images), atol=1e-5)
+
+
+class _AllocatorLimit:
+    """Wraps a Session: chunks larger than `limit` fail the way ONNX Runtime's CUDA arena does."""
+
+    def __init__(self, session, limit: int) -> None:
+        self.session, self.limit, self.sizes = session, limit, []
+
+    def run(self, feeds, outputs):
+        size = len(next(iter(feeds.values())))
+        self.sizes.append(size)
+        if size > self.limit:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory "
+                               "for requested buffer of size 123456 (out of memory)")
+        return self.session.run(feeds, outputs)
+
+
+def test_a_batch_too_large_for_the_device_is_split_not_crashed(cnn, images):
+    explainer = Explainer(cnn["augmented"], batch_size=5)
+    expected = explainer.explain(images)
+    for key, session in list(explainer._sessions.items()):
+        explainer._sessions[key] = _AllocatorLimit(session, limit=2)
+    split = explainer.explain(images)
+    assert_same_explanation(split, expected)
+    assert explainer.batch_size == 2  # later batches start at a size that fits
+
+
+def test_other_runtime_errors_are_not_retried(cnn, images):
+    explainer = Explainer(cnn["augmented"])
+
+    class Broken:
+        def run(self, feeds, outputs):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : something else")
+
+    for key in list(explainer._sessions):
+        explainer._sessions[key] = Broken()
+    with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+        explainer.explain(images)
+
+
+def test_gpu_tensors_on_a_cpu_explainer_raise_input_error(explainer):
+    class FakeCupyArray:
+        __module__ = "cupy._core.core"
+
+    with pytest.raises(InputError, match="device='cuda'"):
+        explainer.explain(FakeCupyArray())

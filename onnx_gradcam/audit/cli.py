@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Optional, Sequence
 
 from ..errors import GradCamError
 
@@ -128,19 +126,3 @@ def _save_list(value: str) -> frozenset:
     if unknown:
         raise argparse.ArgumentTypeError(f"choose from {','.join(SAVE_CHOICES)}; got {','.join(sorted(unknown))}")
     return chosen
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: `python -m onnx_gradcam.audit.cli audit MODEL INPUT... --out DIR`."""
-    parser = argparse.ArgumentParser(prog="onnx-gradcam")
-    add_audit_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except GradCamError as error:
-        print(f"onnx-gradcam: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

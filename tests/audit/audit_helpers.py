@@ -69,13 +69,8 @@ def write_bad_inputs(folder: Path) -> dict[str, Path]:
 
 
 def audit_command() -> list[str]:
-    """`python -m onnx_gradcam.cli audit` once the main CLI has the subcommand, else the audit module's own."""
-    from onnx_gradcam import cli
-
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    module = "onnx_gradcam.cli" if "audit" in commands.choices else "onnx_gradcam.audit.cli"
-    return [sys.executable, "-m", module, "audit"]
+    """The `onnx-gradcam audit` command as a subprocess."""
+    return [sys.executable, "-m", "onnx_gradcam.cli", "audit"]
 
 
 def subprocess_env() -> dict:

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from audit_helpers import write_digits
-from onnx_gradcam.audit.cli import add_audit_parser, main
+from onnx_gradcam.audit.cli import add_audit_parser
+from onnx_gradcam.cli import main
 from onnx_gradcam.audit.demo import run_demo_audit
 
 
