@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--method", default="gradcam", help="for the fused kernel; the eager baselines are gradcam")
     parser.add_argument("--cpu-max-batch", type=int, default=64, help="largest batch timed on the CPU reference")
     parser.add_argument("--seconds", type=float, default=0.2, help="GPU time per measurement round")
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the JSON and PNG go")
     args = parser.parse_args()
 
     cupy = _cupy_with_gpu()
@@ -61,8 +62,8 @@ def main() -> None:
             _print_row(rows[-1])
             cupy.get_default_memory_pool().free_all_blocks()
 
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"fused_vs_eager-{re.sub(r'[^A-Za-z0-9]+', '-', device['name']).strip('-').lower()}"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.output_dir / f"fused_vs_eager-{re.sub(r'[^A-Za-z0-9]+', '-', device['name']).strip('-').lower()}"
     payload = {"machine": machine_info(), "device": device, "dtype": args.dtype, "method": args.method, "results": rows}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     _plot(rows, device, stem.with_suffix(".png"))
