@@ -37,6 +37,10 @@ CASES = {
 
 
 def _timed(function, device: str) -> float:
+    # The runs alternate between two ONNX Runtime sessions and PyTorch, each with its own thread pool
+    # that spin-waits a little after a run; a pause lets it go idle so it does not steal the next run's
+    # cores (measured: without it the MNIST CNN's explained batch took twice as long as alone).
+    time.sleep(0.25)
     start = time.perf_counter()
     function()
     if device == "cuda":

@@ -130,6 +130,12 @@ class GraphBuilder:
         return self.op("Slice", tensor, self.const(list(starts), np.int64),
                        self.const(list(ends), np.int64), self.const(list(axes), np.int64))
 
+    def slice_reversed(self, tensor: str, axes: Sequence[int]) -> str:
+        """tensor with the order of its elements reversed along axes."""
+        low = np.iinfo(np.int64).min
+        return self.op("Slice", tensor, self.const([-1] * len(axes), np.int64), self.const([low] * len(axes), np.int64),
+                       self.const(list(axes), np.int64), self.const([-1] * len(axes), np.int64))
+
     def cast(self, tensor: str, to: int) -> str:
         return self.op("Cast", tensor, to=to)
 

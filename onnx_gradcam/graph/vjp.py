@@ -438,9 +438,24 @@ def _conv(node, grads, needed, b):
     if not kernel or not all(isinstance(k, int) for k in kernel):
         raise UnsupportedOpError(f"Conv {node.name!r}: kernel shape unknown")
     dilations = list(attr(node, "dilations", [1] * len(kernel)))
-    strides, begin, _, in_size, out_size = _window_geometry(node, b, kernel, dilations)
+    strides, begin, end, in_size, out_size = _window_geometry(node, b, kernel, dilations)
+    group = attr(node, "group", 1)
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    depthwise = weight_shape is not None and group == weight_shape[0] and weight_shape[1] == 1
+    if all(s == 1 for s in strides) and (group == 1 or depthwise) and all(
+            r >= p for r, p in zip(reach + reach, begin + end)):
+        # Stride 1: the gradient is a plain Conv with the kernel flipped (and in/out channels swapped),
+        # which ONNX Runtime runs much faster than ConvTranspose; the weight transform is folded
+        # into a constant when the session loads.
+        spatial = list(range(2, 2 + len(kernel)))
+        flipped = b.slice_reversed(weight, spatial)
+        if not depthwise:
+            flipped = b.op("Transpose", flipped, perm=[1, 0] + spatial)
+        pads = [r - p for r, p in zip(reach, begin)] + [r - p for r, p in zip(reach, end)]
+        return [b.op("Conv", grads[0], flipped, group=group, kernel_shape=kernel, dilations=dilations,
+                     pads=pads)]
     # Conv's weight [M, C/g, k...] is exactly ConvTranspose's [C_in=M, C_out/g, k...].
-    return [_transposed_window(b, grads[0], weight, attr(node, "group", 1), kernel, strides, dilations,
+    return [_transposed_window(b, grads[0], weight, group, kernel, strides, dilations,
                                begin, in_size, out_size)]
 
 
