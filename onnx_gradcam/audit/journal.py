@@ -119,6 +119,8 @@ class Journal:
             write_csv(self.out_dir / CSV_FILE, table)
         for part in sorted(self.parts_dir.glob("part-*.parquet")):
             part.unlink()
+        if self.parts_dir.is_dir() and not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
         return table
 
     def _committed_tables(self, columns: Optional[list[str]] = None) -> list[pa.Table]:
