@@ -241,8 +241,9 @@ class Explainer:
 
     def _require(self, output: str, flag: str, method: str) -> None:
         if output not in self.output_names:
+            option = "--" + flag.split("=")[0].replace("_", "-")
             raise InputError(f"method {method!r} needs the model augmented with {flag}: "
-                             f"onnx_gradcam.augment(model, {flag}) or `onnx-gradcam augment --{flag.split('=')[0].replace('_', '-')}`")
+                             f"onnx_gradcam.augment(model, {flag}) or `onnx-gradcam augment {option}`")
 
     def _session(self, outputs: Sequence[str]) -> Session:
         """A session computing just these outputs (ONNX Runtime would run every node otherwise)."""
