@@ -10,7 +10,6 @@ from . import __version__
 from .errors import GradCamError
 from .preprocess import parse_preprocess
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
 def _augment(args: argparse.Namespace) -> int:
@@ -34,6 +33,8 @@ def _augment(args: argparse.Namespace) -> int:
 
 
 def _collect_images(inputs: Sequence[str]) -> list[Path]:
+    from .audit.readers import IMAGE_SUFFIXES
+
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)

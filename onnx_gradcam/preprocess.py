@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .render import to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,7 +92,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     """Return image as uint8 RGB [H,W,3] (from gray [H,W] / [H,W,1], RGBA, or 16-bit)."""
     image = np.asarray(image)
     if image.dtype == np.uint16:
-        image = (image / 257).round().astype(np.uint8)
+        image = to_uint8(image)
     if image.dtype != np.uint8:
         raise InputError(f"raw images must be uint8 (or uint16), got {image.dtype}; "
                          "pass float arrays already preprocessed in the model's layout instead")

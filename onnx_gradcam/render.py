@@ -66,13 +66,22 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: OpenCV failed to decode it ({error})") from None
     if image is None:
         raise ImageReadError(f"cannot read image {path}: it is corrupt, truncated or not an image file")
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif np.issubdtype(image.dtype, np.floating):
-        image = np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageReadError(f"cannot read image {path}: unsupported pixel type {image.dtype}")
+    try:
+        image = to_uint8(image)
+    except InputError as error:
+        raise ImageReadError(f"cannot read image {path}: {error}") from None
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit pixels from 8-bit, 16-bit (rounded x/257) or float [0, 1] ones; channels untouched."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.rint(np.clip(np.nan_to_num(image), 0, 1) * 255).astype(np.uint8)
+    raise InputError(f"unsupported pixel type {image.dtype}")
 
 
 def write_image(path: str | os.PathLike[str], image: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..preprocess import Preprocess
+from ..render import to_uint8
 from .readers import InputItem
 
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -77,7 +78,7 @@ class Decoder:
             return
         if not self._size_allowed(result, image.shape[1], image.shape[0]):
             return
-        rgb = cv2.cvtColor(_to_uint8(image), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(to_uint8(image), cv2.COLOR_BGR2RGB)
         result.tensor = self.preprocess([rgb])[0]
         if self.thumbnails:
             result.thumbnail = fit_within(rgb, THUMBNAIL_SIDE)
@@ -106,17 +107,6 @@ def _read_bytes(result: Decoded) -> Optional[np.ndarray]:
     except OSError as error:
         result.error = f"cannot read the file: {error.strerror or error}"
     return None
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """8-bit BGR from what IMREAD_COLOR|IMREAD_ANYDEPTH gives (8/16-bit or float, gray and alpha already gone)."""
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        return np.rint(np.clip(np.nan_to_num(image), 0, 1) * 255).astype(np.uint8)
-    raise ValueError(f"unsupported pixel type {image.dtype}")
 
 
 def _is_truncated_jpeg(data: np.ndarray) -> bool:

@@ -98,7 +98,7 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     analysed, b, index = _analyse(original)
     score_tensor, score_output = find_score(index, score)
     target_info = choose_target(index, score_tensor, target)
-    target_class, chosen_class = _class_selection(analysed, b, score_tensor)
+    chosen_class = _class_selection(analysed, b, score_tensor)
     seed = b.cast(b.op("Equal", b.unsqueeze(chosen_class, [1]), b.op(
         "Range", b.const(0, np.int64), b.op("Gather", b.shape(score_tensor), b.const(1, np.int64)),
         b.const(1, np.int64))), b.dtype(score_tensor))
@@ -148,13 +148,12 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     return result
 
 
-def _class_selection(model: onnx.ModelProto, b: GraphBuilder, score_tensor: str) -> tuple[str, str]:
-    """Add the gradcam_target_class input; return it and the chosen class (-1 -> top class)."""
+def _class_selection(model: onnx.ModelProto, b: GraphBuilder, score_tensor: str) -> str:
+    """Add the gradcam_target_class input; return the chosen class per image (-1 -> top class)."""
     batch = b.shapes.get(score_tensor, [None])[0]
     model.graph.input.append(helper.make_tensor_value_info(TARGET_CLASS, TensorProto.INT64, [batch]))
     top = b.op("ArgMax", score_tensor, axis=1, keepdims=0)
-    chosen = b.op("Where", b.op("Less", TARGET_CLASS, b.const(0, np.int64)), top, TARGET_CLASS)
-    return TARGET_CLASS, chosen
+    return b.op("Where", b.op("Less", TARGET_CLASS, b.const(0, np.int64)), top, TARGET_CLASS)
 
 
 def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score_tensor: str,

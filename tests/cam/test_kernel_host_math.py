@@ -308,19 +308,26 @@ def _emulation_source() -> str:
     return EMULATION_PRELUDE + kernel + EMULATION_LAUNCH
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> ctypes.CDLL:
+def _build_library(tmp_path_factory, name: str, code: str, flags: list[str], why: str) -> ctypes.CDLL:
+    """Compile C++ code with g++ into a shared library and load it (skip with `why` without g++)."""
     compiler = shutil.which("g++")
     if compiler is None:
-        pytest.skip("g++ is needed to run kernels/gradcam.cu on the CPU")
-    folder = tmp_path_factory.mktemp("emulator")
-    source, library = folder / "emulator.cpp", folder / "libemulator.so"
-    source.write_text(_emulation_source() + EMULATION_ENTRIES)
-    command = [compiler, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Werror",
-               "-Wno-unknown-pragmas", str(source), "-o", str(library)]
+        pytest.skip(why)
+    folder = tmp_path_factory.mktemp(name)
+    source, library = folder / f"{name}.cpp", folder / f"lib{name}.so"
+    source.write_text(code)
+    command = [compiler, *flags, "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
+               str(source), "-o", str(library)]
     built = subprocess.run(command, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     return ctypes.CDLL(str(library))
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> ctypes.CDLL:
+    return _build_library(tmp_path_factory, "emulator", _emulation_source() + EMULATION_ENTRIES,
+                          ["-std=c++20", "-pthread", "-Wno-unknown-pragmas"],
+                          "g++ is needed to run kernels/gradcam.cu on the CPU")
 
 
 SIZES = np.random.default_rng(0)  # draws the parametrized sizes at collection
@@ -328,17 +335,8 @@ SIZES = np.random.default_rng(0)  # draws the parametrized sizes at collection
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is needed to build the host harness of kernels/gradcam_math.cuh")
-    folder = tmp_path_factory.mktemp("harness")
-    source, library = folder / "harness.cpp", folder / "libharness.so"
-    source.write_text(HARNESS)
-    command = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror",
-               f"-I{KERNELS}", str(source), "-o", str(library)]
-    built = subprocess.run(command, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    return ctypes.CDLL(str(library))
+    return _build_library(tmp_path_factory, "harness", HARNESS, ["-std=c++17", f"-I{KERNELS}"],
+                          "g++ is needed to build the host harness of kernels/gradcam_math.cuh")
 
 
 def _ptr(array: np.ndarray | None) -> ctypes.c_void_p:
