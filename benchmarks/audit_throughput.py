@@ -56,7 +56,7 @@ def export_resnet50(path: Path) -> Path:
     import torchvision
 
     from onnx_gradcam import augment
-    from onnx_gradcam.graph.augment import save_model
+    from onnx_gradcam.graph.io import save_model
     from onnx_gradcam.preprocess import Preprocess
 
     torch.manual_seed(0)

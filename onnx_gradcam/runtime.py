@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -9,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import GradCamError, InputError
+from .graph.io import save_model
 
 DEVICES = ("cpu", "cuda")
 
@@ -42,11 +44,18 @@ class Session:
                  providers: Optional[Sequence[Any]] = None,
                  options: Optional[ort.SessionOptions] = None) -> None:
         self.device, self.device_id = parse_device(device)
-        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
         if self.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
-        self.session = ort.InferenceSession(source, sess_options=options,
-                                            providers=list(providers or providers_for(device)))
+        with tempfile.TemporaryDirectory(prefix="onnx-gradcam-", ignore_cleanup_errors=True) as folder:
+            if isinstance(model, onnx.ModelProto):
+                # From a file rather than serialized bytes: no second in-memory copy of the weights
+                # while the session loads, and models over protobuf's 2 GB limit load too.
+                path = os.path.join(folder, "model.onnx")
+                save_model(model, path)
+            else:
+                path = os.fspath(model)
+            self.session = ort.InferenceSession(path, sess_options=options,
+                                                providers=list(providers or providers_for(device)))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

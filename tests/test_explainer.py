@@ -461,11 +461,13 @@ def test_a_batch_too_large_for_the_device_is_split_not_crashed(cnn, images):
 
 def test_other_runtime_errors_are_not_retried(cnn, images):
     explainer = Explainer(cnn["augmented"])
+    explainer.explain(images)  # creates the session
 
     class Broken:
         def run(self, feeds, outputs):
             raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : something else")
 
+    assert explainer._sessions
     for key in list(explainer._sessions):
         explainer._sessions[key] = Broken()
     with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
@@ -478,3 +480,17 @@ def test_gpu_tensors_on_a_cpu_explainer_raise_input_error(explainer):
 
     with pytest.raises(InputError, match="device='cuda'"):
         explainer.explain(FakeCupyArray())
+
+
+def test_sessions_are_created_on_first_use_or_by_warm_up(cnn, images):
+    explainer = Explainer(cnn["augmented"])
+    assert not explainer._sessions  # constructing holds no ONNX Runtime session yet
+    assert explainer.warm_up() is explainer and len(explainer._sessions) == 1
+    session = next(iter(explainer._sessions.values()))
+    explainer.explain(images)
+    assert list(explainer._sessions.values()) == [session]  # the warmed-up session is the one used
+
+
+def test_warm_up_for_an_input_gradient_method_needs_an_input_gradient_model(cnn):
+    with pytest.raises(InputError, match="input_gradient=True"):
+        Explainer(cnn["augmented"]).warm_up("saliency")

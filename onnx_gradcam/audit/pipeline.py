@@ -54,8 +54,9 @@ def build_explainer(model_bytes: bytes, device: str, method: str, batch_size: in
 
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = intra_op_threads
-    return Explainer(model_bytes, device=device, method=method, batch_size=batch_size, preprocess=preprocess,
-                     session_options=session_options)
+    explainer = Explainer(model_bytes, device=device, method=method, batch_size=batch_size, preprocess=preprocess,
+                          session_options=session_options)
+    return explainer.warm_up()  # the session loads before the first batch, not inside its timing
 
 
 class BatchExplainer:

@@ -140,7 +140,7 @@ def preprocess_spec(preprocess: Any, size: tuple[int, int], channels: int, layou
 def finish(model: onnx.ModelProto, extra_output: Optional[str], export_info: dict,
            path: Optional[str]) -> onnx.ModelProto:
     """Drop the helper output that exposed the target, record how the model was exported, save it."""
-    from ..graph.augment import save_model
+    from ..graph.io import save_model
 
     if extra_output is not None:
         outputs = [o for o in model.graph.output if o.name != extra_output]

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from .. import __version__
 from ..errors import GradCamError, ScoreNotFoundError
 from .builder import GraphBuilder
-from .io import ModelLike, load_model, without_weights
+from .io import ModelLike, load_model, save_model, without_weights
 from .locate import TO_NCHW, GraphIndex, TargetInfo, choose_target, find_score, list_candidates
 from .vjp import differentiate
 
@@ -26,7 +26,6 @@ HEATMAP = "gradcam_heatmap"
 INPUT_GRADIENT = "gradcam_input_gradient"
 GUIDED_GRADIENT = "gradcam_guided_gradient"
 METADATA_PREFIX = "gradcam_"
-PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _analyse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphBuilder, GraphIndex]:
@@ -130,6 +129,7 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     graph.input.append(analysed.graph.input[-1])  # gradcam_target_class
     graph.node.extend(b.nodes)
     graph.initializer.extend(b.initializers)
+    graph.value_info.extend(b.value_info.values())
     batch = b.shapes.get(score_tensor, [None])[0]
     nchw = _nchw_shape(list(target_info.shape), target_info.layout)
     for name, source in exposed.items():
@@ -142,6 +142,10 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
         graph.output.append(helper.make_tensor_value_info(name, dtype, shape))
     _record_metadata(result, target_info, score_tensor, score_output, index, preprocess,
                      {"heatmap": heatmap, "input_gradient": input_gradient, "guided": guided})
+    if input_gradient or guided:
+        kept = kept_bytes_per_image(b, {t.name for t in original.graph.initializer}, batch)
+        if kept is not None:
+            result.metadata_props.add(key=METADATA_PREFIX + "backward_bytes_per_image", value=str(kept))
     _check(result)
     if output is not None:
         save_model(result, output)
@@ -173,6 +177,8 @@ def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score
             parts = contributions.get(tensor)
             totals[tensor] = (None if not parts else parts[0] if len(parts) == 1
                               else b.op("Sum", *parts, hint="grad_sum"))
+            if totals[tensor] is not None:
+                b.declare_like(totals[tensor], tensor)
         return totals[tensor]
 
     for node in reversed(index.nodes):
@@ -184,12 +190,35 @@ def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score
         needed = [bool(name) and name in live for name in node.input]
         for name, grad in zip(node.input, differentiate(node, output_grads, needed, b)):
             if grad is not None and name in live:
+                b.declare_like(grad, name)
                 contributions.setdefault(name, []).append(grad)
     gradients = [total(source) for source in sources]
     for source, gradient in zip(sources, gradients):
         if gradient is None:
             raise ScoreNotFoundError(f"no gradient reached {source!r} from {score_tensor!r}")
     return gradients
+
+
+def kept_bytes_per_image(b: GraphBuilder, weights: set[str], batch) -> Optional[int]:
+    """Bytes per image of the forward tensors the reverse pass reads (None when a size is dynamic).
+
+    ONNX Runtime keeps each of them from the forward pass until the reverse pass consumes it, so
+    this is what a full-network backward costs in memory beyond plain inference.
+    """
+    produced = {name for node in b.nodes for name in node.output}
+    constants = weights | {t.name for t in b.initializers}
+    read = {name for node in b.nodes for name in node.input
+            if name and name not in produced and name not in constants and name != TARGET_CLASS}
+    total = 0
+    for name in read:
+        shape = b.shapes.get(name)
+        if shape is None or not shape or shape[0] != batch:
+            continue  # shapes, scalars and weights computed in the graph: not per image
+        if not all(isinstance(d, int) for d in shape[1:]):
+            return None
+        itemsize = helper.tensor_dtype_to_np_dtype(b.dtype(name)).itemsize
+        total += int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    return total
 
 
 def _in_graph_heatmap(b: GraphBuilder, index: GraphIndex, activation: str, gradient: str) -> str:
@@ -254,17 +283,6 @@ def _check(model: onnx.ModelProto) -> None:
         onnx.checker.check_model(without_weights(model))
     except onnx.checker.ValidationError as error:
         raise GradCamError(f"the augmented model failed onnx.checker: {error}") from error
-
-
-def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> None:
-    """Write model to path atomically (external data beside it when over 2 GB)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    large = model.ByteSize() >= PROTOBUF_LIMIT
-    onnx.save(model, temporary, save_as_external_data=large,
-              location=os.path.basename(path) + ".data" if large else None)
-    os.replace(temporary, path)
 
 
 def augmented_metadata(model: onnx.ModelProto) -> dict[str, str]:

@@ -22,6 +22,7 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self.shapes: dict[str, list[Dim]] = {}
         self.dtypes: dict[str, int] = {}
+        self.value_info: dict[str, onnx.ValueInfoProto] = {}  # shapes declared for new tensors
         self._count = 0
         self._constants: dict[tuple, str] = {}
         self._shape_of: dict[str, str] = {}
@@ -54,6 +55,19 @@ class GraphBuilder:
             self.shapes[info.name] = [
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in tensor_type.shape.dim]
+
+    def declare_like(self, tensor: str, like: str) -> None:
+        """Declare that new tensor has the shape and type of like (a gradient has its tensor's shape).
+
+        ONNX shape inference cannot follow a reverse pass (its seed is built with Range), and ONNX
+        Runtime keeps tensors in its blocked CPU layout only between nodes of proven equal shapes.
+        """
+        shape = self.shapes.get(like)
+        if shape is None or tensor in self.shapes or tensor == like:
+            return
+        self.shapes[tensor] = list(shape)
+        self.dtypes[tensor] = self.dtype(like)
+        self.value_info[tensor] = helper.make_tensor_value_info(tensor, self.dtype(like), shape)
 
     def name(self, hint: str) -> str:
         """Return a fresh tensor name."""
@@ -107,6 +121,14 @@ class GraphBuilder:
         return self._shape_of[tensor]
 
     def reshape_like(self, value: str, like: str) -> str:
+        """value reshaped to the shape of like: a constant shape when like's is static but for the batch.
+
+        A Shape node would make the runtime keep like (often a forward activation) until it runs.
+        """
+        dims = self.shapes.get(like)
+        if dims and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            first = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else -1
+            return self.op("Reshape", value, self.const([first] + list(dims[1:]), np.int64))
         return self.op("Reshape", value, self.shape(like))
 
     def unsqueeze(self, tensor: str, axes: Sequence[int]) -> str:
@@ -145,5 +167,10 @@ class GraphBuilder:
 
     def element_count_ratio(self, numerator: str, denominator: str, dtype: int) -> str:
         """Size(numerator) / Size(denominator) as a scalar of dtype (elements folded per output)."""
+        top, bottom = self.shapes.get(numerator), self.shapes.get(denominator)
+        if top and bottom and top[0] == bottom[0] and all(
+                isinstance(d, int) and d > 0 for d in top[1:] + bottom[1:]):  # a constant: no tensor kept
+            ratio = np.prod(top[1:], dtype=np.int64) // np.prod(bottom[1:], dtype=np.int64)
+            return self.const(np.asarray(ratio, helper.tensor_dtype_to_np_dtype(dtype)))
         ratio = self.op("Div", self.op("Size", numerator), self.op("Size", denominator))
         return self.cast(ratio, dtype)

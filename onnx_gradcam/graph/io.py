@@ -13,6 +13,22 @@ from google.protobuf.message import DecodeError
 from ..errors import ModelLoadError
 
 ModelLike = Union[str, os.PathLike, bytes, onnx.ModelProto]
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> None:
+    """Write model to path atomically (weights in an external file beside it when over 2 GB)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    large = model.ByteSize() >= PROTOBUF_LIMIT
+    if large:  # onnx.save moves the weights out of the proto it writes: keep the caller's intact
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    onnx.save(model, temporary, save_as_external_data=large,
+              location=os.path.basename(path) + ".data" if large else None)
+    os.replace(temporary, path)
 
 
 def load_model(model: ModelLike) -> onnx.ModelProto:

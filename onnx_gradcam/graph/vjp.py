@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ..errors import UnsupportedOpError
 from .builder import GraphBuilder
@@ -166,24 +166,50 @@ def _div(node, grads, needed, b):
     return [grad_a, grad_c]
 
 
-def _where(b: GraphBuilder, condition: str, grad: str) -> str:
-    return b.op("Where", condition, grad, b.scalar_like(0.0, grad))
+def _masked(b: GraphBuilder, condition: str, grad: str) -> str:
+    """grad where condition holds, 0 elsewhere.
+
+    A Mul by the cast condition: ONNX Runtime's CPU Where is several times slower than Cast and Mul.
+    """
+    return b.op("Mul", grad, b.cast(condition, b.dtype(grad)))
+
+
+# BatchNormalization scale of the ReLU mask: the largest float32 power of ten.
+_MASK_SCALE = 1e38
+
+
+def _relu_mask(b: GraphBuilder, y: str) -> str:
+    """1 where the ReLU output y is positive, 0 where it is zero, in y's type.
+
+    On a float32 NCHW tensor with static channels the mask is Tanh(BatchNormalization(y, scale=1e38)):
+    ONNX Runtime's CPU provider runs that as one depthwise convolution with a fused Tanh in its
+    blocked (NCHWc) layout, so the Conv nodes of the reverse pass stay in that layout instead of
+    converting back and forth around every ReLU (measured on ResNet-50: 45% more reverse-pass time).
+    tanh(1e38 * y) is exactly 1 for y >= 1e-37 (and 0 at 0): it departs from the step function only
+    where y is within float32 rounding of zero, where the sign of y is rounding noise anyway.
+    """
+    shape = b.shapes.get(y)
+    if b.dtype(y) != TensorProto.FLOAT or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+        return b.cast(b.op("Greater", y, b.scalar_like(0.0, y)), b.dtype(y))
+    scale, zeros, ones = (b.const(np.full(shape[1], value, np.float32)) for value in (_MASK_SCALE, 0.0, 1.0))
+    return b.op("Tanh", b.op("BatchNormalization", y, scale, zeros, zeros, ones, epsilon=1e-5))
 
 
 @rule("Relu")
 def _relu(node, grads, needed, b):
-    y = node.output[0]
-    passing = b.op("Greater", y, b.scalar_like(0.0, y))
+    grad = grads[0]
     if b.guided:  # guided backpropagation: only positive gradients pass back through a ReLU
-        passing = b.op("And", passing, b.op("Greater", grads[0], b.scalar_like(0.0, grads[0])))
-    return [_where(b, passing, grads[0])]
+        grad = b.op("Relu", grad)
+    return [b.op("Mul", grad, _relu_mask(b, node.output[0]))]
 
 
 @rule("LeakyRelu")
 def _leaky_relu(node, grads, needed, b):
     x = node.input[0]
-    slope = b.op("Mul", grads[0], b.scalar_like(attr(node, "alpha", 0.01), x))
-    return [b.op("Where", b.op("Greater", x, b.scalar_like(0.0, x)), grads[0], slope)]
+    alpha = attr(node, "alpha", 0.01)
+    positive = b.cast(b.op("Greater", x, b.scalar_like(0.0, x)), b.dtype(x))
+    slope = b.op("Add", b.op("Mul", positive, b.scalar_like(1.0 - alpha, x)), b.scalar_like(alpha, x))
+    return [b.op("Mul", grads[0], slope)]
 
 
 @rule("Clip")
@@ -198,10 +224,10 @@ def _clip(node, grads, needed, b):
         if bound is not None:
             test = b.op(compare, x, bound)
             inside = test if inside is None else b.op("And", inside, test)
-    result: Grads = [grads[0] if inside is None else _where(b, inside, grads[0]), None, None]
+    result: Grads = [grads[0] if inside is None else _masked(b, inside, grads[0]), None, None]
     for index, bound, compare in ((1, low, "Less"), (2, high, "Greater")):
         if bound is not None and b.opset >= 11 and len(needed) > index and needed[index]:
-            clipped = _where(b, b.op(compare, x, bound), grads[0])
+            clipped = _masked(b, b.op(compare, x, bound), grads[0])
             result[index] = unbroadcast(b, clipped, bound, node.output[0])
     return result
 
@@ -224,7 +250,7 @@ def _hard_sigmoid(node, grads, needed, b):
     y = node.output[0]
     inside = b.op("And", b.op("Greater", y, b.scalar_like(0.0, y)), b.op("Less", y, b.scalar_like(1.0, y)))
     scaled = b.op("Mul", grads[0], b.scalar_like(attr(node, "alpha", 0.2), y))
-    return [_where(b, inside, scaled)]
+    return [_masked(b, inside, scaled)]
 
 
 @rule("HardSwish")
@@ -232,8 +258,9 @@ def _hard_swish(node, grads, needed, b):
     # d/dx x*relu6(x+3)/6 = 0 below -3, x/3 + 1/2 up to 3, 1 above (PyTorch's convention at the kinks).
     x = node.input[0]
     middle = b.op("Add", b.op("Div", x, b.scalar_like(3.0, x)), b.scalar_like(0.5, x))
-    slope = b.op("Where", b.op("LessOrEqual", x, b.scalar_like(3.0, x)), middle, b.scalar_like(1.0, x))
-    slope = b.op("Where", b.op("Less", x, b.scalar_like(-3.0, x)), b.scalar_like(0.0, x), slope)
+    above = b.op("Greater", x, b.scalar_like(3.0, x))
+    inside = b.op("Not", b.op("Or", b.op("Less", x, b.scalar_like(-3.0, x)), above))
+    slope = b.op("Add", _masked(b, inside, middle), b.cast(above, b.dtype(x)))
     return [b.op("Mul", grads[0], slope)]
 
 
@@ -315,9 +342,24 @@ def _gemm(node, grads, needed, b):
 
 # ---------------------------------------------------------------- reductions and pooling
 
+# The gradient of a GlobalAveragePool over at most this many positions is a depthwise Conv.
+_SMALL_POOL = 64
+
+
 @rule("GlobalAveragePool")
 def _global_average_pool(node, grads, needed, b):
     x, y = node.input[0], node.output[0]
+    shape = b.shapes.get(x)
+    if shape is not None and len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]) and (
+            shape[2] * shape[3] <= _SMALL_POOL):
+        # Spreading the gradient evenly over the h x w map is a "full" depthwise convolution with a
+        # constant kernel: the same values as Expand / count, and a Conv that ONNX Runtime keeps in its
+        # blocked layout for the rest of the reverse pass (the usual 7x7 head map costs 49 MACs a value).
+        channels, height, width = shape[1:]
+        np_dtype = helper.tensor_dtype_to_np_dtype(b.dtype(x))
+        kernel = b.const(np.full((channels, 1, height, width), 1.0 / (height * width), np_dtype))
+        return [b.op("Conv", grads[0], kernel, group=channels, kernel_shape=[height, width],
+                     pads=[height - 1, width - 1] * 2)]
     count = b.element_count_ratio(x, y, b.dtype(x))
     return [b.op("Div", b.op("Expand", grads[0], b.shape(x)), count)]
 
@@ -410,8 +452,8 @@ def _average_pool(node, grads, needed, b):
     if not isinstance(channels, int):
         raise UnsupportedOpError(f"AveragePool {node.name!r}: channel count must be static")
     ones = b.const(np.ones([channels, 1] + kernel, np_dtype))
-    return [_transposed_window(b, scaled, ones, channels, kernel, strides, [1] * len(kernel),
-                               begin, in_size, out_size)]
+    return [_blocked_layout(b, _transposed_window(b, scaled, ones, channels, kernel, strides, [1] * len(kernel),
+                                                  begin, in_size, out_size), x)]
 
 
 def _transposed_window(b: GraphBuilder, grad: str, weight: str, group: int, kernel, strides, dilations,
@@ -455,8 +497,27 @@ def _conv(node, grads, needed, b):
         return [b.op("Conv", grads[0], flipped, group=group, kernel_shape=kernel, dilations=dilations,
                      pads=pads)]
     # Conv's weight [M, C/g, k...] is exactly ConvTranspose's [C_in=M, C_out/g, k...].
-    return [_transposed_window(b, grads[0], weight, group, kernel, strides, dilations,
-                               begin, in_size, out_size)]
+    return [_blocked_layout(b, _transposed_window(b, grads[0], weight, group, kernel, strides, dilations,
+                                                  begin, in_size, out_size), x)]
+
+
+# Channel counts ONNX Runtime's blocked layout takes (its block is 8 or 16 channels wide).
+_BLOCK = 16
+
+
+def _blocked_layout(b: GraphBuilder, tensor: str, like: str) -> str:
+    """tensor (shaped like `like`) through a 1x1 MaxPool, an exact identity, when it is a 4-D float32 map.
+
+    ONNX Runtime's CPU provider keeps Conv, Mul and Sum nodes in its blocked NCHWc layout as long as
+    their inputs arrive in it; a ConvTranspose output does not, and without this every node after it
+    in the reverse pass would convert layouts around each Conv. The pooling node moves the tensor
+    into the blocked layout once.
+    """
+    shape = b.shapes.get(like)
+    if (b.dtype(like) != TensorProto.FLOAT or shape is None or len(shape) != 4 or not isinstance(shape[1], int)
+            or shape[1] % _BLOCK):
+        return tensor
+    return b.op("MaxPool", tensor, kernel_shape=[1, 1])
 
 
 @rule("Pad")

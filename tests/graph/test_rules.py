@@ -200,6 +200,11 @@ case("Div", "self", [node("Mul", ["t", "t"], ["sq"]), node("Add", ["sq", "one"],
 
 case("Relu", "plain", [node("Relu", ["t"], ["y"])], lambda t, w: F.relu(t))
 case("Relu", "opset11", [node("Relu", ["t"], ["y"])], lambda t, w: F.relu(t), opset=11)
+# The mask of a 2-D ReLU (a dense head) is computed with Greater, of a 4-D one with a saturated Tanh.
+case("Relu", "rank2", [node("Flatten", ["t"], ["f"]), node("Relu", ["f"], ["y"])],
+     lambda t, w: F.relu(t.reshape(t.shape[0], -1)))
+case("Relu", "double", [node("Cast", ["t"], ["t64"], to=TensorProto.DOUBLE), node("Relu", ["t64"], ["r"]),
+                        node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)], lambda t, w: F.relu(t))
 
 case("LeakyRelu", "default_alpha", [node("LeakyRelu", ["t"], ["y"])], lambda t, w: F.leaky_relu(t, 0.01))
 case("LeakyRelu", "alpha0.2", [node("LeakyRelu", ["t"], ["y"], alpha=0.2)], lambda t, w: F.leaky_relu(t, 0.2))
@@ -345,7 +350,8 @@ case("Gemm", "A_and_B_need_gradient_transA",
 
 # ---------------------------------------------------------------- reductions and pooling
 
-for _shape in ((3, 6, 6), (4, 3, 7)):
+# Small maps differentiate as a depthwise Conv (16 channels: ONNX Runtime's blocked layout), large ones with Expand.
+for _shape in ((3, 6, 6), (4, 3, 7), (16, 7, 7), (2, 9, 10)):
     case("GlobalAveragePool", f"{_shape[1]}x{_shape[2]}", [node("GlobalAveragePool", ["t"], ["y"])],
          lambda t, w: _gap(t), shape=_shape)
     case("GlobalMaxPool", f"{_shape[1]}x{_shape[2]}", [node("GlobalMaxPool", ["t"], ["y"])],
