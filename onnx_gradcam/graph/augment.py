@@ -212,7 +212,7 @@ def kept_bytes_per_image(b: GraphBuilder, weights: set[str], batch) -> Optional[
     total = 0
     for name in read:
         shape = b.shapes.get(name)
-        if shape is None or not shape or shape[0] != batch:
+        if not shape or shape[0] != batch:
             continue  # shapes, scalars and weights computed in the graph: not per image
         if not all(isinstance(d, int) for d in shape[1:]):
             return None

@@ -120,15 +120,23 @@ class GraphBuilder:
             self._shape_of[tensor] = self.op("Shape", tensor, hint="shape")
         return self._shape_of[tensor]
 
+    def per_image_dims(self, tensor: str) -> Optional[list[int]]:
+        """The dims after the batch axis when all are known and positive, else None."""
+        dims = self.shapes.get(tensor)
+        if not dims or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+            return None
+        return list(dims[1:])
+
     def reshape_like(self, value: str, like: str) -> str:
         """value reshaped to the shape of like: a constant shape when like's is static but for the batch.
 
         A Shape node would make the runtime keep like (often a forward activation) until it runs.
         """
-        dims = self.shapes.get(like)
-        if dims and all(isinstance(d, int) and d > 0 for d in dims[1:]):
-            first = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else -1
-            return self.op("Reshape", value, self.const([first] + list(dims[1:]), np.int64))
+        rest = self.per_image_dims(like)
+        if rest is not None:
+            first = self.shapes[like][0]
+            first = first if isinstance(first, int) and first > 0 else -1
+            return self.op("Reshape", value, self.const([first] + rest, np.int64))
         return self.op("Reshape", value, self.shape(like))
 
     def unsqueeze(self, tensor: str, axes: Sequence[int]) -> str:
@@ -167,10 +175,9 @@ class GraphBuilder:
 
     def element_count_ratio(self, numerator: str, denominator: str, dtype: int) -> str:
         """Size(numerator) / Size(denominator) as a scalar of dtype (elements folded per output)."""
-        top, bottom = self.shapes.get(numerator), self.shapes.get(denominator)
-        if top and bottom and top[0] == bottom[0] and all(
-                isinstance(d, int) and d > 0 for d in top[1:] + bottom[1:]):  # a constant: no tensor kept
-            ratio = np.prod(top[1:], dtype=np.int64) // np.prod(bottom[1:], dtype=np.int64)
+        top, bottom = self.per_image_dims(numerator), self.per_image_dims(denominator)
+        if top is not None and bottom is not None and self.shapes[numerator][0] == self.shapes[denominator][0]:
+            ratio = np.prod(top, dtype=np.int64) // np.prod(bottom, dtype=np.int64)  # a constant: no tensor kept
             return self.const(np.asarray(ratio, helper.tensor_dtype_to_np_dtype(dtype)))
         ratio = self.op("Div", self.op("Size", numerator), self.op("Size", denominator))
         return self.cast(ratio, dtype)

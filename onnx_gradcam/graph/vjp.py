@@ -178,6 +178,14 @@ def _masked(b: GraphBuilder, condition: str, grad: str) -> str:
 _MASK_SCALE = 1e38
 
 
+def _map_channels(b: GraphBuilder, tensor: str) -> Optional[int]:
+    """Static channel count of a float32 4-D tensor, the kind ONNX Runtime's blocked layout holds; else None."""
+    shape = b.shapes.get(tensor)
+    if b.dtype(tensor) != TensorProto.FLOAT or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+        return None
+    return shape[1]
+
+
 def _relu_mask(b: GraphBuilder, y: str) -> str:
     """1 where the ReLU output y is positive, 0 where it is zero, in y's type.
 
@@ -188,10 +196,10 @@ def _relu_mask(b: GraphBuilder, y: str) -> str:
     tanh(1e38 * y) is exactly 1 for y >= 1e-37 (and 0 at 0): it departs from the step function only
     where y is within float32 rounding of zero, where the sign of y is rounding noise anyway.
     """
-    shape = b.shapes.get(y)
-    if b.dtype(y) != TensorProto.FLOAT or shape is None or len(shape) != 4 or not isinstance(shape[1], int):
+    channels = _map_channels(b, y)
+    if channels is None:
         return b.cast(b.op("Greater", y, b.scalar_like(0.0, y)), b.dtype(y))
-    scale, zeros, ones = (b.const(np.full(shape[1], value, np.float32)) for value in (_MASK_SCALE, 0.0, 1.0))
+    scale, zeros, ones = (b.const(np.full(channels, value, np.float32)) for value in (_MASK_SCALE, 0.0, 1.0))
     return b.op("Tanh", b.op("BatchNormalization", y, scale, zeros, zeros, ones, epsilon=1e-5))
 
 
@@ -513,9 +521,8 @@ def _blocked_layout(b: GraphBuilder, tensor: str, like: str) -> str:
     in the reverse pass would convert layouts around each Conv. The pooling node moves the tensor
     into the blocked layout once.
     """
-    shape = b.shapes.get(like)
-    if (b.dtype(like) != TensorProto.FLOAT or shape is None or len(shape) != 4 or not isinstance(shape[1], int)
-            or shape[1] % _BLOCK):
+    channels = _map_channels(b, like)
+    if channels is None or channels % _BLOCK:
         return tensor
     return b.op("MaxPool", tensor, kernel_shape=[1, 1])
 
