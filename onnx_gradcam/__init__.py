@@ -1,5 +1,5 @@
 """onnx-gradcam: Grad-CAM heatmaps for any ONNX image classifier, on ONNX Runtime."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import (ExportError, GradCamError, ImageReadError, InputError,  # noqa: E402
                      ModelLoadError, NotAugmentedError, ScoreNotFoundError, TargetNotFoundError,

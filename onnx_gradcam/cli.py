@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import GradCamError
 from .preprocess import parse_preprocess
 

@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import __version__
+from .._version import __version__
 from ..errors import GradCamError, ScoreNotFoundError
 from .builder import GraphBuilder
 from .io import ModelLike, load_model, save_model, without_weights
 from .locate import TO_NCHW, GraphIndex, TargetInfo, choose_target, find_score, list_candidates
-from .vjp import differentiate
+from .rules import GUIDED_RULES, RULES, RuleTable, differentiate
 
 TARGET_CLASS = "gradcam_target_class"
 ACTIVATION = "gradcam_activation"
@@ -119,9 +119,7 @@ def augment(model: ModelLike, target: str = "auto", score: str = "auto",
     if input_gradient:
         exposed[INPUT_GRADIENT] = _as_nchw(b, gradients[1], image_layout)
     if guided:
-        b.guided = True
-        (guided_gradient,) = _backpropagate(index, b, [image], score_tensor, seed)
-        b.guided = False
+        (guided_gradient,) = _backpropagate(index, b, [image], score_tensor, seed, rules=GUIDED_RULES)
         exposed[GUIDED_GRADIENT] = _as_nchw(b, guided_gradient, image_layout)
     result = onnx.ModelProto()
     result.CopyFrom(original)
@@ -161,7 +159,7 @@ def _class_selection(model: onnx.ModelProto, b: GraphBuilder, score_tensor: str)
 
 
 def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score_tensor: str,
-                   seed: str) -> list[str]:
+                   seed: str, rules: RuleTable = RULES) -> list[str]:
     """Emit the reverse pass from score_tensor back to each source; return d score / d source."""
     for source in sources:
         if score_tensor not in index.reaching(source):
@@ -188,7 +186,7 @@ def _backpropagate(index: GraphIndex, b: GraphBuilder, sources: list[str], score
         if all(grad is None for grad in output_grads):
             continue
         needed = [bool(name) and name in live for name in node.input]
-        for name, grad in zip(node.input, differentiate(node, output_grads, needed, b)):
+        for name, grad in zip(node.input, differentiate(node, output_grads, needed, b, rules)):
             if grad is not None and name in live:
                 b.declare_like(grad, name)
                 contributions.setdefault(name, []).append(grad)

@@ -16,7 +16,6 @@ class GraphBuilder:
     def __init__(self, model: onnx.ModelProto, prefix: str = "gradcam/") -> None:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.prefix = prefix
-        self.guided = False  # when set, Relu rules emit guided-backpropagation gradients
         self.memo: dict[str, str] = {}  # forward values a rule derived once, for later passes
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []

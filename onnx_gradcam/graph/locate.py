@@ -9,17 +9,11 @@ from onnx import TensorProto
 
 from ..errors import ScoreNotFoundError, TargetNotFoundError
 from .builder import Dim, GraphBuilder
-from .vjp import NON_DIFFERENTIABLE
+from .rules.registry import is_differentiable, keeps_layout, makes_channels_first
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
-# Ops through which a 4-D tensor keeps its layout (elementwise, per-channel or pooling).
-LAYOUT_PRESERVING = {
-    "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Identity",
-    "Dropout", "Cast", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Neg", "Sum"}
-CHANNELS_FIRST_OPS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
-                      "GlobalMaxPool", "BatchNormalization", "LRN", "InstanceNormalization", "Resize"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,7 @@ class GraphIndex:
         """Tensors whose values depend on tensor through differentiable edges."""
         reached = {tensor}
         for node in self.nodes:
-            if node.op_type in NON_DIFFERENTIABLE:
+            if not is_differentiable(node.op_type):
                 continue
             if any(name in reached for name in node.input):
                 reached.update(out for out in node.output if out and self.is_float(out))
@@ -87,7 +81,7 @@ class GraphIndex:
             if shape and len(shape) == 4 and graph_input.name not in self.initializers:
                 layouts[graph_input.name] = "NHWC" if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW"
         for node in self.nodes:
-            if node.op_type in CHANNELS_FIRST_OPS:
+            if makes_channels_first(node.op_type):
                 layout = "NCHW"
             elif node.op_type == "Transpose":
                 source = layouts.get(node.input[0])
@@ -96,7 +90,7 @@ class GraphIndex:
                     (source, tuple(perm)))
                 if layout is None and source is None and self.builder.rank(node.output[0]) == 4:
                     layout = {tuple(TO_NHWC): "NHWC", tuple(TO_NCHW): "NCHW"}.get(tuple(perm))
-            elif node.op_type in LAYOUT_PRESERVING:
+            elif keeps_layout(node.op_type):
                 layout = next((layouts[n] for n in node.input if n in layouts), None)
             else:
                 layout = None

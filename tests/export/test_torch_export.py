@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 
 from onnx_gradcam.errors import ExportError, TargetNotFoundError  # noqa: E402
 from onnx_gradcam.export.torch import export_torch, list_torch_targets  # noqa: E402
-from onnx_gradcam.graph.vjp import RULES  # noqa: E402
+from onnx_gradcam.graph.rules import RULES  # noqa: E402
 from tools.build_demo_model import cifar_cnn  # noqa: E402
 
 from export_oracle import assert_matches_autograd, chosen_classes, run_augmented  # noqa: E402
@@ -73,7 +73,7 @@ def test_cifar10_cnn_conv3_gradient_equals_torch_autograd():
 
 @pytest.mark.slow
 @pytest.mark.skipif("Conv" not in RULES, reason="features.33 sits before the last Conv: needs a Conv "
-                    "differentiation rule in onnx_gradcam/graph/vjp.py")
+                    "differentiation rule in onnx_gradcam/graph/rules/")
 def test_vgg19_features33_gradient_equals_torch_autograd():
     torch.manual_seed(0)
     model = torchvision.models.vgg19(weights=None)

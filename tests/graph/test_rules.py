@@ -1,4 +1,4 @@
-"""Every differentiation rule in vjp.RULES against PyTorch autograd on the same weights.
+"""Every differentiation rule in graph.rules.RULES against PyTorch autograd on the same weights.
 
 Harness: a tiny ONNX model  x -> Identity -> t (the target) -> op under test -> y -> Flatten -> Gemm -> logits,
 augmented with target="t" and run on ONNX Runtime (CPU) for a batch of 2 with gradcam_target_class = [-1, 1].
@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_gradcam
 from onnx_gradcam.errors import UnsupportedOpError
-from onnx_gradcam.graph.vjp import RULES
+from onnx_gradcam.graph.rules import RULES
 
 CLASSES = 5
 TARGET_CLASS = np.array([-1, 1], np.int64)  # the top class for image 0, class 1 for image 1
