@@ -6,7 +6,7 @@ import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -159,12 +159,12 @@ def fit_within(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def decode_in_order(items: Iterable[InputItem], decoder: Decoder, pool: ThreadPoolExecutor,
+def decode_in_order(items: Iterable[InputItem], decode: Callable[[InputItem], Decoded], pool: ThreadPoolExecutor,
                     ahead: int) -> Iterator[Decoded]:
     """Decode items on the pool, at most `ahead` in flight, yielding results in input order."""
     pending: deque[Future] = deque()
     for item in items:
-        pending.append(pool.submit(decoder, item))
+        pending.append(pool.submit(decode, item))
         if len(pending) >= ahead:
             yield pending.popleft().result()
     while pending:

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 
 from ..render import overlay
 from .config import AuditConfig, AuditModel
-from .decode import Decoder, fit_within
-from .pipeline import build_explainer
+from .decode import fit_within
 from .readers import InputItem
+from .worker import AuditWorker
 
 GALLERY_SIZE = 24
 TILE_SIDE = 160
@@ -37,17 +37,11 @@ def render_tiles(rows: list[dict], config: AuditConfig, model: AuditModel) -> di
     unique = list({row["path"]: row for row in rows}.values())
     if not unique:
         return {}
-    decoder = Decoder(model.preprocess, config.max_pixels, thumbnails=True)
-    decoded = [(row, decoder(InputItem(row["path"]))) for row in unique]
-    decoded = [(row, item) for row, item in decoded if item.ok]
-    if not decoded:
-        return {}
-    explainer = build_explainer(model.model_bytes, config.device, config.method, config.batch_size, model.preprocess)
-    tensor = np.stack([item.tensor for _, item in decoded])
-    classes = np.asarray([row["explained_class"] for row, _ in decoded], np.int64)
-    heatmaps = explainer.explain(tensor, target_class=classes).heatmaps
-    heatmaps = heatmaps.get() if hasattr(heatmaps, "get") and not isinstance(heatmaps, np.ndarray) else heatmaps
-    return {row["path"]: tile_uri(overlay(item.thumbnail, heatmap)) for (row, item), heatmap in zip(decoded, heatmaps)}
+    worker = AuditWorker(config, model, thumbnails=True)
+    decoded = [worker.decode(InputItem(row["path"])) for row in unique]
+    explained = worker.explain(decoded, classes=[row["explained_class"] for row in unique])
+    return {unique[index]["path"]: tile_uri(overlay(decoded[index].thumbnail, explained.heatmaps[position]))
+            for position, index in enumerate(explained.positions)}
 
 
 def tile_uri(image: np.ndarray, side: int = TILE_SIDE) -> Optional[str]:

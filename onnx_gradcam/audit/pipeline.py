@@ -14,7 +14,7 @@ from ..explainer import Explainer
 from ..labels import label_name
 from ..render import overlay
 from .decode import Decoded
-from .stats import STAT_COLUMNS, heatmap_stats
+from .stats import heatmap_stats
 
 
 @dataclass
@@ -72,35 +72,41 @@ class BatchExplainer:
         self.overlay_format = overlay_format
 
     def __call__(self, batch: Sequence[Decoded]) -> BatchResult:
-        """explain() then results(): the whole job for one batch (what a Ray actor runs)."""
+        """explain() then results(): the whole job for one batch."""
         return self.results(batch, self.explain(batch))
 
-    def explain(self, batch: Sequence[Decoded]) -> Explained:
-        """Run the model on the decodable inputs; a batch the runtime rejects is retried image by image."""
+    def explain(self, batch: Sequence[Decoded], classes: Optional[Sequence[int]] = None) -> Explained:
+        """Run the model on the decodable inputs; a batch the runtime rejects is retried image by image.
+
+        classes: the class to explain for each input of the batch (default: target_class, or the top class).
+        """
         start = time.perf_counter()
         positions = [index for index, decoded in enumerate(batch) if decoded.ok]
         if not positions:
             return Explained.empty()
         try:
-            parts = [self._run([batch[i] for i in positions])]
+            parts = [self._run(batch, positions, classes)]
             errors: dict[int, str] = {}
         except Exception:  # noqa: BLE001 - isolate the input the runtime cannot take
             parts, errors, kept = [], {}, []
             for index in positions:
                 try:
-                    parts.append(self._run([batch[index]]))
+                    parts.append(self._run(batch, [index], classes))
                     kept.append(index)
                 except Exception as error:  # noqa: BLE001
                     errors[index] = f"the model failed on this image: {type(error).__name__}: {error}"
             positions = kept
             if not parts:
                 return Explained.empty(errors, time.perf_counter() - start)
-        heatmaps, classes, scores, probabilities = (np.concatenate(column) for column in zip(*parts))
-        return Explained(positions, heatmaps, classes, scores, probabilities, errors, time.perf_counter() - start)
+        heatmaps, explained_classes, scores, probabilities = (np.concatenate(column) for column in zip(*parts))
+        return Explained(positions, heatmaps, explained_classes, scores, probabilities, errors,
+                         time.perf_counter() - start)
 
-    def _run(self, decoded: Sequence[Decoded]) -> tuple[np.ndarray, ...]:
-        tensor = np.stack([d.tensor for d in decoded])
-        explanation = self.explainer.explain(tensor, target_class=self.target_class)
+    def _run(self, batch: Sequence[Decoded], positions: list[int],
+             classes: Optional[Sequence[int]]) -> tuple[np.ndarray, ...]:
+        tensor = np.stack([batch[index].tensor for index in positions])
+        target = self.target_class if classes is None else np.asarray([classes[i] for i in positions], np.int64)
+        explanation = self.explainer.explain(tensor, target_class=target)
         return (_host(explanation.heatmaps).astype(np.float32, copy=False), _host(explanation.classes),
                 _host(explanation.scores), explanation.probabilities)
 
@@ -112,7 +118,7 @@ class BatchExplainer:
         for index, reason in explained.errors.items():
             records[index].update(status="error", reason=reason)
         if explained.positions:
-            stats = heatmap_stats(explained.heatmaps)
+            columns = self.columns(explained)
             predicted = explained.probabilities.argmax(axis=1)
             for row, index in enumerate(explained.positions):
                 record = records[index]
@@ -123,12 +129,16 @@ class BatchExplainer:
                     explained_class=explained_class, explained_label=label_name(self.labels, explained_class),
                     score=float(explained.scores[row]),
                     correct=None if record["label_index"] is None else record["label_index"] == predicted_class,
-                    **{name: float(stats[name][row]) for name in STAT_COLUMNS})
+                    **{name: float(values[row]) for name, values in columns.items()})
                 heatmaps[index] = explained.heatmaps[row]
                 if self.overlays and batch[index].thumbnail is not None:
                     record["overlay_file"] = overlay_name(record["path"], self.overlay_format)
                     overlays[index] = encode_overlay(batch[index].thumbnail, heatmaps[index], self.overlay_format)
         return BatchResult(records, heatmaps, overlays)
+
+    def columns(self, explained: Explained) -> dict[str, np.ndarray]:
+        """The per-input numeric record columns, each an array over explained's rows: the heatmap statistics."""
+        return heatmap_stats(explained.heatmaps)
 
     def _base_record(self, decoded: Decoded) -> dict[str, Any]:
         label = decoded.item.label

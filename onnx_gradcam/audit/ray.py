@@ -17,11 +17,11 @@ import pyarrow as pa
 
 from ..errors import GradCamError
 from .config import AuditConfig, AuditModel
-from .decode import Decoder
 from .journal import Journal
-from .pipeline import BatchExplainer, BatchResult, build_explainer
+from .pipeline import BatchResult
 from .readers import InputItem
-from .runner import Timings
+from .summary import Timings
+from .worker import AuditWorker
 
 DECODE_THREADS_PER_ACTOR = 2
 
@@ -29,24 +29,17 @@ DECODE_THREADS_PER_ACTOR = 2
 class AuditActor:
     """Ray Data callable class: built once per actor (one InferenceSession), then called per batch."""
 
-    def __init__(self, model_bytes: bytes, device: str, method: str, batch_size: int, preprocess: dict,
-                 target_class: Optional[int], labels: Optional[list[str]], overlays: bool, overlay_format: str,
-                 heatmaps: bool, max_pixels: int, intra_op_threads: Optional[int]) -> None:
-        from ..preprocess import Preprocess
-
-        spec = Preprocess.from_dict(preprocess)
-        explainer = build_explainer(model_bytes, device, method, batch_size, spec, intra_op_threads)
-        self.batcher = BatchExplainer(explainer, target_class, labels, overlays, overlay_format)
-        self.decoder = Decoder(spec, max_pixels, thumbnails=overlays)
+    def __init__(self, config: AuditConfig, model: AuditModel, intra_op_threads: Optional[int]) -> None:
+        self.worker = AuditWorker(config, model, intra_op_threads=intra_op_threads)
         self.pool = ThreadPoolExecutor(DECODE_THREADS_PER_ACTOR)
-        self.heatmaps = heatmaps
+        self.heatmaps = "heatmaps" in config.save
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [InputItem(path, label or None) for path, label in zip(batch["path"].to_pylist(),
                                                                        batch["label"].to_pylist())]
-        decoded = list(self.pool.map(self.decoder, items))
-        explained = self.batcher.explain(decoded)
-        result = self.batcher.results(decoded, explained)
+        decoded = list(self.pool.map(self.worker.decode, items))
+        explained = self.worker.explain(decoded)
+        result = self.worker.results(decoded, explained)
         if not self.heatmaps:  # nothing to save: keep them out of the object store
             result.heatmaps = [None] * len(result.heatmaps)
         return result_to_arrow(result, explained.seconds)
@@ -91,12 +84,7 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
             AuditActor, batch_size=config.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=config.workers),
             num_cpus=1, num_gpus=1 if gpu else 0,
-            fn_constructor_kwargs=dict(
-                model_bytes=model.model_bytes, device=config.device, method=config.method,
-                batch_size=config.batch_size, preprocess=model.preprocess.to_dict(),
-                target_class=model.target_class, labels=model.labels, overlays="overlays" in config.save,
-                overlay_format=config.overlay_format, heatmaps="heatmaps" in config.save, max_pixels=config.max_pixels,
-                intra_op_threads=None if gpu else 1))
+            fn_constructor_kwargs=dict(config=config, model=model, intra_op_threads=None if gpu else 1))
         timings = Timings(images=len(pending), lanes=config.workers)
         start = time.perf_counter()
         for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

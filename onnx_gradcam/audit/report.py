@@ -5,19 +5,17 @@ import datetime
 import os
 from collections import Counter
 from html import escape
-from typing import TYPE_CHECKING, Optional
+from typing import Iterable, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import __version__
+from .._version import __version__
 from . import charts
 from .config import AuditConfig, AuditModel
 from .gallery import render_tiles, select_galleries
+from .summary import AuditSummary
 from .writers import write_bytes
-
-if TYPE_CHECKING:
-    from .runner import AuditSummary
 
 MAX_ERROR_ROWS = 200
 TOP_CLASSES = 20
@@ -62,14 +60,14 @@ IMAGE_CHECK = """
 
 
 def write_report(path: os.PathLike, config: AuditConfig, model: AuditModel, table: pa.Table,
-                 summary: "AuditSummary") -> None:
+                 summary: AuditSummary) -> None:
     """Write the report for the records in table (galleries re-explained from the input files) to path."""
     galleries = select_galleries(table)
     tiles = render_tiles([row for rows in galleries.values() for row in rows], config, model)
     write_bytes(path, render_html(table, summary, galleries, tiles).encode("utf-8"))
 
 
-def render_html(table: pa.Table, summary: "AuditSummary", galleries: dict[str, list[dict]],
+def render_html(table: pa.Table, summary: AuditSummary, galleries: dict[str, list[dict]],
                 tiles: dict[str, str]) -> str:
     """The report as one HTML string."""
     title = f"Grad-CAM audit of {os.path.basename(summary.model)}"
@@ -89,7 +87,7 @@ def render_html(table: pa.Table, summary: "AuditSummary", galleries: dict[str, l
     return "\n".join(parts)
 
 
-def _cards(summary: "AuditSummary") -> str:
+def _cards(summary: AuditSummary) -> str:
     values = [("images", summary.records), ("explained", summary.ok), ("failed", summary.errors),
               ("duplicates", summary.duplicates)]
     if summary.accuracy is not None:
@@ -162,12 +160,9 @@ def _problems(table: pa.Table) -> str:
     parts = [f"<h2>Failed inputs ({failed.num_rows})</h2>"]
     if failed.num_rows:
         kinds = Counter(reason.split(":")[0] for reason in failed["reason"].to_pylist())
-        parts.append("<table><tr><th>reason</th><th>inputs</th></tr>" + "".join(
-            f"<tr><td>{escape(kind)}</td><td>{count}</td></tr>" for kind, count in kinds.most_common())
-            + "</table><p></p>")
+        parts.append(_table(["reason", "inputs"], kinds.most_common()) + "<p></p>")
         rows = failed.slice(0, MAX_ERROR_ROWS).to_pylist()
-        parts.append("<table><tr><th>path</th><th>reason</th></tr>" + "".join(
-            f"<tr><td>{escape(r['path'])}</td><td>{escape(r['reason'] or '')}</td></tr>" for r in rows) + "</table>")
+        parts.append(_table(["path", "reason"], [(r["path"], r["reason"] or "") for r in rows]))
         if failed.num_rows > MAX_ERROR_ROWS:
             parts.append(f"<p class='meta'>first {MAX_ERROR_ROWS} shown; all are in records.parquet</p>")
     else:
@@ -175,8 +170,16 @@ def _problems(table: pa.Table) -> str:
     parts.append(f"<h2>Duplicate content ({duplicates.num_rows})</h2>")
     if duplicates.num_rows:
         rows = duplicates.slice(0, MAX_ERROR_ROWS).to_pylist()
-        parts.append("<table><tr><th>path</th><th>same bytes as</th></tr>" + "".join(
-            f"<tr><td>{escape(r['path'])}</td><td>{escape(r['duplicate_of'])}</td></tr>" for r in rows) + "</table>")
+        parts.append(_table(["path", "same bytes as"], [(r["path"], r["duplicate_of"]) for r in rows]))
     else:
         parts.append("<p class='meta'>none</p>")
     return "\n".join(parts)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """An HTML table: the header row, then one row per item of rows; every cell escaped."""
+    def cells(tag: str, values: Sequence) -> str:
+        return "".join(f"<{tag}>{escape(str(value))}</{tag}>" for value in values)
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table><tr>{cells('th', header)}</tr>{body}</table>"

@@ -2,81 +2,28 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-import numpy as np
-import pyarrow as pa
-
 from ..errors import InputError
 from .config import AuditConfig, AuditModel, prepare_model
-from .decode import Decoded, Decoder, decode_in_order
+from .decode import Decoded, decode_in_order
 from .journal import Journal
-from .pipeline import BatchExplainer, Explained, build_explainer
+from .pipeline import Explained
 from .readers import InputItem, collect_inputs
+from .summary import AuditSummary, Timings, summarize
+from .worker import AuditWorker
 from .writers import write_bytes
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
-
-
-@dataclass
-class Timings:
-    """Where this run's wall time went (seconds); busy share = explain time / (wall time x runtimes)."""
-
-    wall: float = 0.0
-    explain: float = 0.0  # inside Explainer.explain: ONNX Runtime plus the heatmap math
-    decode_wait: float = 0.0  # the explaining thread waiting for decoded images
-    commit_wait: float = 0.0  # the explaining thread waiting for the writer
-    images: int = 0
-    lanes: int = 1  # runtimes working in parallel (Ray actors)
-
-    @property
-    def busy_share(self) -> Optional[float]:
-        """Share of wall time the runtimes spent explaining (None when nothing ran)."""
-        return self.explain / (self.wall * self.lanes) if self.wall > 0 and self.images else None
-
-    @property
-    def images_per_second(self) -> Optional[float]:
-        """Images processed per wall-clock second (None when nothing ran)."""
-        return self.images / self.wall if self.wall > 0 and self.images else None
-
-
-@dataclass
-class AuditSummary:
-    """Counts over all records in the folder, and what this run did; exit_code is 1 when any input failed."""
-
-    out_dir: str
-    records: int
-    ok: int
-    errors: int
-    duplicates: int
-    labelled: int
-    accuracy: Optional[float]
-    resumed: int
-    processed: int
-    seconds: float
-    images_per_second: Optional[float]
-    busy_share: Optional[float]
-    explain_seconds: float
-    decode_wait_seconds: float
-    commit_wait_seconds: float
-    method: str
-    model: str
-    report: Optional[str]
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every input was explained, 1 when any failed."""
-        return 1 if self.errors else 0
 
 
 def run_audit(config: AuditConfig) -> AuditSummary:
@@ -103,7 +50,7 @@ def run_audit(config: AuditConfig) -> AuditSummary:
                 else:
                     timings = run_local(config, model, pending, journal, bar.update)
         table = journal.finalize(csv=config.csv)
-        summary = _summarize(config, model, table, resumed, timings)
+        summary = summarize(config, table, resumed, timings)
         if config.report:
             from .report import write_report
 
@@ -118,19 +65,16 @@ def run_audit(config: AuditConfig) -> AuditSummary:
 def run_local(config: AuditConfig, model: AuditModel, pending: list[InputItem], journal: Journal,
               progress=lambda count: None) -> Timings:
     """Decode on config.workers threads, explain on this thread, commit on a writer thread: all overlapped."""
-    explainer = build_explainer(model.model_bytes, config.device, config.method, config.batch_size, model.preprocess)
-    batcher = BatchExplainer(explainer, model.target_class, model.labels, "overlays" in config.save,
-                             config.overlay_format)
-    decoder = Decoder(model.preprocess, config.max_pixels, thumbnails="overlays" in config.save)
+    worker = AuditWorker(config, model)
     timings = Timings(images=len(pending))
     start = time.perf_counter()
     ahead = 2 * config.batch_size + 2 * config.workers  # bounded: memory stays flat on any dataset size
     with ThreadPoolExecutor(config.workers, thread_name_prefix="audit-decode") as pool:
-        committer = _Committer(journal, batcher, pool, progress, depth=config.workers + 2)
+        committer = _Committer(journal, worker, pool, progress, depth=config.workers + 2)
         try:
-            batches = _timed(_chunks(decode_in_order(pending, decoder, pool, ahead), config.batch_size), timings)
+            batches = _timed(_chunks(decode_in_order(pending, worker.decode, pool, ahead), config.batch_size), timings)
             for batch in batches:
-                explained = batcher.explain(batch)
+                explained = worker.explain(batch)
                 timings.explain += explained.seconds
                 timings.commit_wait += committer.submit(batch, explained)
         finally:
@@ -143,9 +87,9 @@ class _Committer:
     """Records, statistics and overlays are made on the pool, then committed in order by a writer thread,
     all while the next batch runs."""
 
-    def __init__(self, journal: Journal, batcher: BatchExplainer, pool: ThreadPoolExecutor, progress,
+    def __init__(self, journal: Journal, worker: AuditWorker, pool: ThreadPoolExecutor, progress,
                  depth: int = 4) -> None:
-        self.journal, self.batcher, self.pool, self.progress = journal, batcher, pool, progress
+        self.journal, self.worker, self.pool, self.progress = journal, worker, pool, progress
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._work, name="audit-commit", daemon=True)
@@ -154,7 +98,7 @@ class _Committer:
     def submit(self, batch: list[Decoded], explained: Explained) -> float:
         """Queue a batch for commit; return the seconds spent waiting for room."""
         start = time.perf_counter()
-        job = (self.pool.submit(self.batcher.results, batch, explained), len(batch))
+        job = (self.pool.submit(self.worker.results, batch, explained), len(batch))
         while True:
             self._raise()
             try:
@@ -216,18 +160,3 @@ def _progress(config: AuditConfig, total: int, done: int):
 
     return tqdm(total=total, initial=done, unit="img", desc="audit", disable=not config.progress,
                 dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
-
-
-def _summarize(config: AuditConfig, model: AuditModel, table: pa.Table, resumed: int,
-               timings: Timings) -> AuditSummary:
-    status = np.asarray(table["status"].to_pylist(), dtype=object)
-    correct = [c for c in table["correct"].to_pylist() if c is not None]
-    return AuditSummary(
-        out_dir=str(config.out_dir), records=table.num_rows, ok=int((status == "ok").sum()),
-        errors=int((status == "error").sum()), duplicates=table.num_rows - table["duplicate_of"].null_count,
-        labelled=len(correct), accuracy=float(np.mean(correct)) if correct else None, resumed=resumed,
-        processed=timings.images, seconds=round(timings.wall, 3),
-        images_per_second=timings.images_per_second, busy_share=timings.busy_share,
-        explain_seconds=round(timings.explain, 3), decode_wait_seconds=round(timings.decode_wait, 3),
-        commit_wait_seconds=round(timings.commit_wait, 3),
-        method=config.method, model=os.fspath(config.model), report=None)

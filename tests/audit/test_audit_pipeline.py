@@ -72,3 +72,12 @@ def test_undecodable_inputs_ride_along_as_error_records(explainer, digits, tmp_p
     assert [r["status"] for r in result.records] == ["ok", "error"]
     assert result.records[1]["reason"] == "empty file (0 bytes)" and result.overlays[1] is None
     assert result.overlays[0].startswith(b"\x89PNG") and result.records[0]["overlay_file"].endswith(".png")
+
+
+def test_per_input_classes_skip_undecodable_inputs_and_match_explainer_oracle(explainer, digits, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    batch = decode_all(explainer, [digits[0], (tmp_path / "empty.png", 1), digits[1]])
+    explained = BatchExplainer(explainer, target_class=7).explain(batch, classes=[2, None, 5])
+    oracle = explainer.explain([read_image(path) for path, _ in digits[:2]], target_class=np.array([2, 5]))
+    assert explained.positions == [0, 2] and explained.classes.tolist() == [2, 5]
+    np.testing.assert_allclose(explained.heatmaps, oracle.heatmaps, atol=1e-6)

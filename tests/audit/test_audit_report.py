@@ -1,4 +1,4 @@
-"""Report pieces without a browser: gallery selection, tiles that decode, well-formed SVG charts."""
+"""Report pieces without a browser: gallery selection, re-explained tiles, tile URIs that decode, SVG charts."""
 from __future__ import annotations
 
 import base64
@@ -7,8 +7,10 @@ import xml.etree.ElementTree as ElementTree
 import cv2
 import numpy as np
 
-from onnx_gradcam.audit import charts
-from onnx_gradcam.audit.gallery import select_galleries, tile_uri
+from audit_helpers import write_digits
+from onnx_gradcam.audit import AuditConfig, charts
+from onnx_gradcam.audit.config import prepare_model
+from onnx_gradcam.audit.gallery import render_tiles, select_galleries, tile_uri
 from onnx_gradcam.audit.writers import records_table
 
 
@@ -42,3 +44,14 @@ def test_charts_are_well_formed_svg_with_one_bar_per_bin():
     assert heights[1] == max(heights) and heights[2] == 0  # 0.1 and 0.15 share a bin; NaN and None dropped
     ElementTree.fromstring(charts.bars(["a<b", "c"], [3, 0], "Classes & more", "class"))
     ElementTree.fromstring(charts.scatter_density([0.1, 0.9, None], [0.2, 0.8, 0.5], "Peaks"))
+
+
+def test_tiles_are_made_once_per_readable_path_and_unreadable_ones_left_out(model_path, tmp_path):
+    (first, _), (second, _) = write_digits(tmp_path / "digits", 2)
+    config = AuditConfig(model=model_path, inputs=[str(tmp_path)], out_dir=tmp_path / "out", method="hirescam")
+    rows = [{"path": str(first), "explained_class": 1}, {"path": str(second), "explained_class": 2},
+            {"path": str(first), "explained_class": 1}, {"path": str(tmp_path / "gone.png"), "explained_class": 0}]
+    tiles = render_tiles(rows, config, prepare_model(config))
+    assert sorted(tiles) == sorted([str(first), str(second)])
+    assert all(uri.startswith("data:image/png;base64,") for uri in tiles.values())
+    assert render_tiles([], config, prepare_model(config)) == {}

@@ -117,8 +117,8 @@ def test_crash_then_rerun_gives_every_input_once_and_recomputes_nothing_committe
     monkeypatch.setattr(Journal, "commit", real_commit)
     explained = []
     real_explain = BatchExplainer.explain
-    monkeypatch.setattr(BatchExplainer, "explain",
-                        lambda self, batch: explained.extend(d.item.path for d in batch) or real_explain(self, batch))
+    monkeypatch.setattr(BatchExplainer, "explain", lambda self, batch, *rest: explained.extend(
+        d.item.path for d in batch) or real_explain(self, batch, *rest))
     summary = run_audit(config(model_path, [tmp_path / "digits"], out, commit_every=4))
     rows = records(out)
     assert len(rows) == len({row["path"] for row in rows}) == 30
