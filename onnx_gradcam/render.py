@@ -180,3 +180,84 @@ def _put_caption(sheet: np.ndarray, text: str, left: int, top: int, width: int) 
         shown = text + "..." if text else ""
     baseline = top + _CAPTION_HEIGHT - 4
     cv2.putText(sheet, shown, (left + 1, baseline), font, _CAPTION_SCALE, (235, 235, 235), 1, cv2.LINE_AA)
+
+
+# Ultralytics' 20-colour palette (RGB), so boxes look as users of those detectors expect.
+_BOX_PALETTE = (
+    (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49), (72, 249, 10),
+    (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187), (44, 153, 168), (0, 194, 255),
+    (52, 69, 147), (100, 115, 255), (0, 24, 236), (132, 56, 255), (82, 0, 133), (203, 56, 255),
+    (255, 149, 200), (255, 55, 199),
+)
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[str] | None = None,
+    scores: Sequence[float] | None = None,
+    colors: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    line_width: int | None = None,
+) -> np.ndarray:
+    """Return a uint8 RGB copy of image with each x1,y1,x2,y2 box outlined and captioned "label score".
+
+    colors: one RGB colour for all boxes, one per box, or None for a colour per label. Draw over
+    ``overlay(image, heatmap)`` to show each box with its label and score over its heatmap.
+    """
+    canvas = np.rint(_rgb_float(image)).astype(np.uint8)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(f"boxes must be [M, 4] x1, y1, x2, y2, got shape {list(boxes.shape)}")
+    count = len(boxes)
+    for name, values in (("labels", labels), ("scores", scores)):
+        if values is not None and len(values) != count:
+            raise InputError(f"got {len(values)} {name} for {count} boxes; pass one per box or None")
+    if not np.all(np.isfinite(boxes)):
+        raise InputError("boxes contain NaN or infinity; pass finite x1, y1, x2, y2 pixel coordinates")
+    if line_width is not None and line_width < 1:
+        raise InputError(f"line_width must be a positive number of pixels, got {line_width}")
+    box_colors = _box_colors(colors, labels, count)
+    # Ultralytics' sizing: lines about 0.3% of the image's mean side, text scaled with them.
+    width = line_width or max(round(sum(canvas.shape[:2]) / 2 * 0.003), 2)
+    for index, (box, color) in enumerate(zip(boxes, box_colors)):
+        x1, y1, x2, y2 = (int(round(value)) for value in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, width, cv2.LINE_AA)
+        caption = " ".join(part for part in (
+            None if labels is None else str(labels[index]),
+            None if scores is None else f"{float(scores[index]):.2f}") if part)
+        if caption:
+            _put_box_caption(canvas, caption, (x1, y1), color, width)
+    return canvas
+
+
+def _box_colors(colors, labels: Sequence[str] | None, count: int) -> list[tuple[int, int, int]]:
+    """One RGB colour per box: given, repeated, or picked from the palette by label."""
+    if colors is None:
+        if labels is None:
+            return [_BOX_PALETTE[0]] * count
+        names = {name: index for index, name in enumerate(dict.fromkeys(map(str, labels)))}
+        return [_BOX_PALETTE[names[str(label)] % len(_BOX_PALETTE)] for label in labels]
+    table = np.asarray(colors)
+    if table.shape == (3,):
+        table = np.repeat(table[None], count, axis=0)
+    if table.shape != (count, 3) or not np.issubdtype(table.dtype, np.number):
+        raise InputError(f"colors must be one RGB triple or one per box ({count}), got shape {list(table.shape)}")
+    return [tuple(int(channel) for channel in np.clip(row, 0, 255)) for row in table]
+
+
+def _put_box_caption(canvas: np.ndarray, text: str, corner: tuple[int, int], color, width: int) -> None:
+    """Draw text on a filled tab of the box colour above the box's top-left corner (inside if no room above)."""
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, width / 3, max(width - 1, 1)
+    text = text.encode("ascii", "replace").decode()  # Hershey fonts draw ASCII only
+    (text_width, text_height), baseline = cv2.getTextSize(text, font, scale, thickness)
+    x, y = max(min(corner[0], canvas.shape[1] - text_width), 0), corner[1]  # keep the tab inside the image
+    outside = y - text_height - baseline >= 0
+    top = y - text_height - baseline if outside else y
+    bottom = y if outside else y + text_height + baseline
+    cv2.rectangle(canvas, (x, top), (x + text_width, bottom), color, cv2.FILLED, cv2.LINE_AA)
+    # Dark text on light colours, light text on dark ones (ITU-R BT.601 luma).
+    luma = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    ink = (0, 0, 0) if luma > 150 else (255, 255, 255)
+    cv2.putText(canvas, text, (x, bottom - baseline), font, scale, ink, thickness, cv2.LINE_AA)
