@@ -33,7 +33,7 @@ __device__ float channel_weight(const T* activation, const T* gradient, int area
     }
     activation_sum = warp_sum(activation_sum);
     if (METHOD == GRADCAM_METHOD_XGRADCAM) return xgradcam_weight(warp_sum(product_sum), activation_sum);
-    float term_sum = 0.0f;  // gradcam++
+    float term_sum = 0.0f;  // GRADCAM_METHOD_GRADCAM_PP, the remaining channel-weight id
     for (int pixel = lane; pixel < area; pixel += 32) {
         term_sum += gradcampp_term(to_float(gradient[pixel]), activation_sum);
     }
@@ -91,6 +91,7 @@ __global__ void gradcam_fused(const T* __restrict__ activation, const T* __restr
                               float* __restrict__ heatmap, const unsigned char* __restrict__ image,
                               unsigned char* __restrict__ overlay, float alpha,
                               float* workspace, int* arrivals, int cam_in_workspace) {
+    static_assert(is_kernel_method(METHOD), "METHOD must be a GRADCAM_METHOD_* id of gradcam_math.cuh");
     extern __shared__ float shared[];
     float* weights = shared;
     float* reduce_scratch = shared + blockDim.x;

@@ -13,7 +13,9 @@
 
 #define GRADCAM_HD __host__ __device__ inline
 
-// Method ids; onnx_gradcam/cam/fused.py maps reference.METHODS onto them.
+// Kernel ids. Each method of the registry (onnx_gradcam/cam/methods.py) names its id explicitly, and a
+// test checks every registered id against this enum; a method without an id never reaches the kernel
+// as one of these cases.
 enum {
     GRADCAM_METHOD_GRADCAM = 0,
     GRADCAM_METHOD_GRADCAM_PP = 1,
@@ -60,7 +62,19 @@ GRADCAM_HD float to_float(half_bits value) {
 GRADCAM_HD float relu(float value) { return value > 0.0f ? value : 0.0f; }
 
 // gradcam, gradcam++ and xgradcam weight whole channels; hirescam and layercam weight each element.
-GRADCAM_HD bool has_channel_weights(int method) { return method <= GRADCAM_METHOD_XGRADCAM; }
+GRADCAM_HD constexpr bool has_channel_weights(int method) {
+    return method == GRADCAM_METHOD_GRADCAM || method == GRADCAM_METHOD_GRADCAM_PP ||
+           method == GRADCAM_METHOD_XGRADCAM;
+}
+
+GRADCAM_HD constexpr bool has_element_weights(int method) {
+    return method == GRADCAM_METHOD_HIRESCAM || method == GRADCAM_METHOD_LAYERCAM;
+}
+
+// Every id above, and nothing else: the kernel refuses to compile for any other value.
+GRADCAM_HD constexpr bool is_kernel_method(int method) {
+    return has_channel_weights(method) || has_element_weights(method);
+}
 
 GRADCAM_HD float gradcam_weight(float gradient_sum, int area) { return gradient_sum / (float)area; }
 
@@ -76,9 +90,9 @@ GRADCAM_HD float gradcampp_term(float gradient, float activation_sum) {
     return alpha * relu(gradient);
 }
 
-// The per-element weight of hirescam (G) and layercam (ReLU(G)).
+// The per-element weight of hirescam (G) and layercam (ReLU(G)); only has_element_weights ids call it.
 GRADCAM_HD float element_weight(int method, float gradient) {
-    return method == GRADCAM_METHOD_LAYERCAM ? relu(gradient) : gradient;
+    return method == GRADCAM_METHOD_LAYERCAM ? relu(gradient) : gradient;  // GRADCAM_METHOD_HIRESCAM: G
 }
 
 // ---------------------------------------------------------------- bilinear resize

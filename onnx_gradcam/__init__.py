@@ -8,7 +8,7 @@ from .graph import TargetInfo, augment, list_targets  # noqa: E402
 from .preprocess import Preprocess  # noqa: E402
 from .render import overlay  # noqa: E402
 from .explainer import Explainer, Explanation  # noqa: E402
-from .cam.reference import METHODS  # noqa: E402
+from .cam import METHODS  # noqa: E402  (every CAM method, from the registry)
 
 __all__ = ["augment", "list_targets", "TargetInfo", "Explainer", "Explanation", "Preprocess", "overlay",
            "METHODS", "GradCamError", "ImageReadError", "InputError", "ModelLoadError", "NotAugmentedError",

@@ -48,27 +48,16 @@ def _collect_images(inputs: Sequence[str]) -> list[Path]:
 def _explain(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .cam.attribution import INPUT_METHODS
     from .explainer import Explainer
-    from .graph.augment import augment, augmented_metadata
-    from .graph.io import load_model
     from .labels import label_name, load_labels
-    from .preprocess import Preprocess
+    from .prepare import prepare_model
     from .render import overlay, read_image, write_image
 
-    model = load_model(args.model)
-    if "target" not in augmented_metadata(model):
-        print(f"{args.model} is a plain model: augmenting it (target {args.target})", file=sys.stderr)
-        guided = args.method in ("guided_backprop", "guided_gradcam")
-        model = augment(model, target=args.target, guided=guided,
-                        input_gradient=args.method in INPUT_METHODS and not guided)
-    preprocess = parse_preprocess(args.preprocess)
-    if preprocess is None and "preprocess" not in augmented_metadata(model):
-        print("the model records no preprocessing: using ImageNet mean/std (pass --preprocess to change)",
-              file=sys.stderr)
-        preprocess = Preprocess.imagenet()
-    explainer = Explainer(model, device=args.device, method=args.method, batch_size=args.batch,
-                          preprocess=preprocess)
+    prepared = prepare_model(args.model, args.method, target=args.target, preprocess=args.preprocess)
+    for note in prepared.notes:
+        print(note, file=sys.stderr)
+    explainer = Explainer(prepared.model, device=args.device, method=args.method, batch_size=args.batch,
+                          preprocess=prepared.preprocess)
     labels = load_labels(args.labels)
     out_dir = Path(args.output)
     failures = 0
@@ -104,8 +93,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cam.reference import METHODS as CAM_METHODS
-    from .explainer import METHODS
+    from .cam.methods import method_names, registered_methods
 
     parser = argparse.ArgumentParser(prog="onnx-gradcam", description=__doc__)
     parser.add_argument("--version", action="version", version=f"onnx-gradcam {__version__}")
@@ -129,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("images", nargs="+", help="image files or folders")
     explain.add_argument("-o", "--output", required=True, help="output folder")
     explain.add_argument("--class", dest="target_class", type=int, default=None, help="class to explain (default: top)")
-    explain.add_argument("--method", default="gradcam", choices=METHODS)
+    explain.add_argument("--method", default="gradcam", choices=method_names())
     explain.add_argument("--labels", help="class names: one per line, or JSON")
     explain.add_argument("--device", default="cpu")
     explain.add_argument("--batch", type=int, default=32)
@@ -141,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="audit the built-in digits set: records, overlays, report.html")
     demo.add_argument("-o", "--output", default="gradcam-demo")
     demo.add_argument("--count", type=int, default=None, help="digits to audit (default: all 450)")
-    demo.add_argument("--method", default="hirescam", choices=CAM_METHODS)
+    # The demo model is augmented without input gradients: the methods that need no augment flag.
+    demo_methods = [entry.name for entry in registered_methods() if not entry.augment_flags]
+    demo.add_argument("--method", default="hirescam", choices=demo_methods)
     demo.set_defaults(func=_demo)
 
     from .audit.cli import add_audit_parser

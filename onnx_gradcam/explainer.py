@@ -1,7 +1,6 @@
 """The user-facing Explainer: images in, heatmaps, classes and scores out."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -11,11 +10,13 @@ import onnx
 import onnxruntime as ort
 
 from .cam import attribution, reference
+from .cam.methods import Family, Method, get_method, normalize_method
 from .errors import InputError, NotAugmentedError
 from .graph.augment import (ACTIVATION, CLASS, GRADIENT, GUIDED_GRADIENT, INPUT_GRADIENT, LOGITS,
                             SCORE, TARGET_CLASS, augmented_metadata)
 from .graph.io import ModelLike, load_model
 from .graph.prune import keep_outputs
+from .prepare import prepare_model, require_outputs
 from .preprocess import Preprocess
 from .render import read_image
 from .runtime import Session, parse_device, providers_for
@@ -67,14 +68,13 @@ class Explainer:
         Default 384 MiB on the CPU (ResNet-50 at 224x224: 10 images a run) and 2 GiB on CUDA.
         """
         proto = load_model(model)
+        self.method = normalize_method(method)
+        # Refuses a plain model, checks once that the model serves the method, reads its preprocessing.
+        prepared = prepare_model(proto, self.method, preprocess=preprocess, augment_plain=False,
+                                 imagenet_fallback=False)
         self.metadata = augmented_metadata(proto)
-        if "target" not in self.metadata:
-            raise NotAugmentedError(
-                "this is a plain ONNX model without gradcam_* outputs; augment it first: "
-                "Explainer(onnx_gradcam.augment(model)) or `onnx-gradcam augment MODEL -o OUT`")
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        self.method = normalize_method(method)
         self.input_name = self.metadata["input"]
         self.input_shape = _input_shape(proto, self.input_name)
         # A model exported with a fixed batch size runs in chunks of exactly that size.
@@ -82,7 +82,7 @@ class Explainer:
         self.batch_size = self.static_batch or batch_size
         self.layout = self.metadata.get("input_layout", "NCHW")
         self.num_classes = _num_classes(proto)
-        self.preprocess = self._preprocess_spec(preprocess)
+        self.preprocess = self._preprocess_spec(prepared.preprocess)
         # A model given as a file is read again for each new session rather than held here: its
         # weights would otherwise stay in memory beside every session's own copy.
         self._source = model if isinstance(model, (str, os.PathLike)) else proto
@@ -98,11 +98,8 @@ class Explainer:
         self.backward_batch_size = _backward_batch_size(
             self.metadata, backward_memory_mb or DEFAULT_BACKWARD_MEMORY_MB[self.device])
 
-    def _preprocess_spec(self, preprocess) -> Optional[Preprocess]:
-        if isinstance(preprocess, dict):
-            preprocess = Preprocess.from_dict(preprocess)
-        if preprocess is None and "preprocess" in self.metadata:
-            preprocess = Preprocess.from_dict(json.loads(self.metadata["preprocess"]))
+    def _preprocess_spec(self, preprocess: Optional[Preprocess]) -> Optional[Preprocess]:
+        """The spec completed with the model's input size (when static) and layout."""
         if preprocess is not None and preprocess.size is None and None not in self.image_size:
             preprocess = Preprocess.from_dict({**preprocess.to_dict(), "size": list(self.image_size)})
         if preprocess is not None and preprocess.layout != self.layout:  # only the model's layout can run
@@ -177,104 +174,98 @@ class Explainer:
         return np.ascontiguousarray(classes)
 
     def explain(self, images: ImageInput, target_class=None, method: Optional[str] = None,
-                keep_tensors: bool = False, progress: bool = False, samples: int = 16,
-                noise_level: float = 0.15, steps: int = 32, baseline: Optional[np.ndarray] = None,
-                seed: int = 0, as_numpy: bool = False) -> Explanation:
+                keep_tensors: bool = False, progress: bool = False, samples: Optional[int] = None,
+                noise_level: Optional[float] = None, steps: Optional[int] = None,
+                baseline: Optional[np.ndarray] = None, seed: Optional[int] = None,
+                as_numpy: bool = False) -> Explanation:
         """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and tensors on request).
 
-        CAM methods (gradcam, gradcam++, xgradcam, hirescam, layercam) need only the augmented model;
-        input-gradient methods need it augmented with input_gradient=True (saliency, smoothgrad,
-        integrated_gradients) or guided=True (guided_backprop, guided_gradcam). smoothgrad uses
-        `samples` noisy copies (noise std = noise_level * value range); integrated_gradients uses
-        `steps` Gauss-Legendre points from `baseline` (zeros by default); both run as batches.
-        On device="cuda" CAM heatmaps (and tensors) stay CuPy arrays unless as_numpy=True.
+        CAM methods (onnx_gradcam.METHODS) need only the augmented model; input-gradient methods need
+        it augmented with input_gradient=True (saliency, smoothgrad, integrated_gradients) or guided=True
+        (guided_backprop, guided_gradcam). smoothgrad uses `samples` noisy copies (16; noise std =
+        noise_level * value range, 0.15; `seed` 0); integrated_gradients uses `steps` Gauss-Legendre
+        points (32) from `baseline` (zeros by default); both run as batches. Options a method does not
+        take are ignored; None means the method's default (cam.methods). On device="cuda" CAM heatmaps
+        (and tensors) stay CuPy arrays unless as_numpy=True.
         """
-        method = normalize_method(method or self.method)
+        entry = self._entry(method)
+        run = {Family.CAM: self._explain_cam, Family.INPUT_GRADIENT: self._explain_input}.get(entry.family)
+        if run is None:
+            raise InputError(f"method {entry.name!r} is {entry.family.value}: the Explainer has no runner "
+                             "for that family yet; choose a CAM or input-gradient method")
         batch = self.prepare(images)
         if len(batch) == 0:
             raise InputError("no images to explain: the batch is empty")
         classes = self._target_classes(target_class, len(batch))
         size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
-        if method in reference.METHODS:
-            explanation = self._explain_cam(batch, classes, method, size, keep_tensors, progress)
-            if as_numpy:
-                for name in ("heatmaps", "activation", "gradient"):
-                    value = getattr(explanation, name)
-                    setattr(explanation, name, None if value is None else _host(value))
-            return explanation
-        return self._explain_input(_host(batch), classes, method, size, progress, samples, noise_level,
-                                   steps, baseline, seed)
+        options = entry.resolve_options(samples=samples, noise_level=noise_level, steps=steps,
+                                        baseline=baseline, seed=seed)
+        explanation = run(batch, classes, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
+        if as_numpy:
+            for name in ("heatmaps", "activation", "gradient"):
+                value = getattr(explanation, name)
+                setattr(explanation, name, None if value is None else _host(value))
+        return explanation
+
+    def predict(self, images: ImageInput) -> np.ndarray:
+        """Return the float32 logits [N, classes] of a batch (the forward pass only, in batch_size chunks)."""
+        batch = self.prepare(images)
+        if len(batch) == 0:
+            raise InputError("no images to predict: the batch is empty")
+        classes = np.full(len(batch), -1, np.int64)
+        chunks = [_host(result[LOGITS]) for result in self._run(batch, classes, [LOGITS], False, [])]
+        return np.asarray(_concatenate(chunks), np.float32)
 
     def warm_up(self, method: Optional[str] = None) -> "Explainer":
         """Create now the ONNX Runtime sessions a method needs (otherwise made by its first call)."""
-        for outputs in self._output_sets(normalize_method(method or self.method)):
+        for outputs in self._output_sets(self._entry(method)):
             self._session(outputs)
         return self
 
-    def _output_sets(self, method: str) -> list[list[str]]:
+    def _entry(self, method: Optional[str]) -> Method:
+        """The registry entry of method (default: the Explainer's), checked against the model's outputs."""
+        entry = get_method(method or self.method)
+        require_outputs(entry, self.output_names)
+        return entry
+
+    @staticmethod
+    def _output_sets(entry: Method) -> list[list[str]]:
         """The outputs of each session a method runs, in the order it runs them."""
-        if method in reference.METHODS:
-            return [[ACTIVATION, GRADIENT] + SUMMARY]
-        guided = method in ("guided_backprop", "guided_gradcam")
-        gradient_name = GUIDED_GRADIENT if guided else INPUT_GRADIENT
-        self._require(gradient_name, "guided=True" if guided else "input_gradient=True", method)
-        if method in ("smoothgrad", "integrated_gradients"):
-            return [SUMMARY, [gradient_name]]  # the clean image's class, then the samples' gradients
-        return [[gradient_name] + ([ACTIVATION, GRADIENT] if method == "guided_gradcam" else []) + SUMMARY]
+        if entry.sample is not None:
+            return [SUMMARY, list(entry.outputs)]  # the clean image's class, then the samples' gradients
+        return [list(entry.outputs) + SUMMARY]
 
-    def _explain_cam(self, batch, classes, method, size, keep_tensors, progress) -> Explanation:
+    def _explain_cam(self, batch, classes, entry: Method, size, keep_tensors: bool = False,
+                     progress: bool = False) -> Explanation:
         parts: dict[str, list] = {"heatmaps": [], ACTIVATION: [], GRADIENT: []}
-        (outputs,), part_list = self._output_sets(method), []
+        (outputs,), part_list = self._output_sets(entry), []
         for result in self._run(batch, classes, outputs, progress, part_list):
-            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result[GRADIENT], method, size))
-            if keep_tensors:
-                parts[ACTIVATION].append(result[ACTIVATION])
-                parts[GRADIENT].append(result[GRADIENT])
+            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result.get(GRADIENT), entry, size))
+            for name in (ACTIVATION, GRADIENT):
+                if keep_tensors and name in result:
+                    parts[name].append(result[name])
         summary = _join_summary(part_list)
-        return Explanation(heatmaps=_concatenate(parts["heatmaps"]), method=method, **summary,
-                           activation=_concatenate(parts[ACTIVATION]) if keep_tensors else None,
-                           gradient=_concatenate(parts[GRADIENT]) if keep_tensors else None)
+        return Explanation(heatmaps=_concatenate(parts["heatmaps"]), method=entry.name, **summary,
+                           activation=_concatenate(parts[ACTIVATION]) if parts[ACTIVATION] else None,
+                           gradient=_concatenate(parts[GRADIENT]) if parts[GRADIENT] else None)
 
-    def _explain_input(self, batch, classes, method, size, progress, samples, noise_level, steps,
-                       baseline, seed) -> Explanation:
-        output_sets = self._output_sets(method)
-        gradient_name = output_sets[-1][0]
-        if method in ("smoothgrad", "integrated_gradients"):
+    def _explain_input(self, batch, classes, entry: Method, size, keep_tensors: bool = False,
+                       progress: bool = False, **options) -> Explanation:
+        batch, output_sets = _host(batch), self._output_sets(entry)
+        if entry.sample is not None:
             # The explained class is the clean image's: fix it before sampling around the image.
             summary = _join_summary(list(self._run(batch, classes, output_sets[0], False, [])))
-            if method == "smoothgrad":
-                inputs, repeat = attribution.smoothgrad_inputs(batch, samples, noise_level, seed), samples
-            else:
-                points, weights = attribution.path_points(steps)
-                start = np.zeros_like(batch) if baseline is None else np.broadcast_to(
-                    np.asarray(baseline, np.float32), batch.shape)
-                inputs, repeat = attribution.integrated_gradients_inputs(batch, start, points), steps
-            gradients = _concatenate([_host(r[gradient_name]) for r in self._run(
-                inputs, np.repeat(summary["classes"], repeat), output_sets[1], progress, [])])
-            if method == "smoothgrad":
-                result = attribution.smoothgrad(gradients, samples)
-            else:
-                result = attribution.integrated_gradients(gradients, weights, self._nchw(batch - start))
+            drawn = entry.sample(batch, self.layout, **options)
+            gradients = _concatenate([_host(r[entry.gradient_output]) for r in self._run(
+                drawn.inputs, np.repeat(summary["classes"], drawn.repeat), output_sets[1], progress, [])])
+            result = entry.combine(gradients, drawn)
         else:
             chunks, part_list = [], []
             for output in self._run(batch, classes, output_sets[0], progress, part_list):
-                gradient = _host(output[gradient_name])
-                if method == "guided_gradcam":
-                    cam = reference.heatmaps(_host(output[ACTIVATION]), _host(output[GRADIENT]), "gradcam", size)
-                    gradient = attribution.guided_gradcam(gradient, cam)
-                chunks.append(gradient)
+                chunks.append(entry.attribute({name: _host(value) for name, value in output.items()}, size))
             summary, result = _join_summary(part_list), _concatenate(chunks)
-        return Explanation(heatmaps=attribution.attribution_heatmaps(result), method=method,
+        return Explanation(heatmaps=attribution.attribution_heatmaps(result), method=entry.name,
                            attribution=result, **summary)
-
-    def _nchw(self, batch: np.ndarray) -> np.ndarray:
-        return batch.transpose(0, 3, 1, 2) if self.layout == "NHWC" else batch
-
-    def _require(self, output: str, flag: str, method: str) -> None:
-        if output not in self.output_names:
-            option = "--" + flag.split("=")[0].replace("_", "-")
-            raise InputError(f"method {method!r} needs the model augmented with {flag}: "
-                             f"onnx_gradcam.augment(model, {flag}) or `onnx-gradcam augment {option}`")
 
     def _session(self, outputs: Sequence[str]) -> Session:
         """A session computing just these outputs (ONNX Runtime would run every node otherwise)."""
@@ -328,11 +319,11 @@ class Explainer:
                  self._run_fitting(session, chunk[half:], classes[half:], outputs)]
         return {name: _concatenate([part[name] for part in parts]) for name in outputs}
 
-    def _heatmaps(self, activation, gradient, method: str, size: tuple[int, int]):
-        if self.device == "cuda":
+    def _heatmaps(self, activation, gradient, entry: Method, size: tuple[int, int]):
+        if self.device == "cuda":  # a method without a kernel id gets its map from NumPy there (cam.fused)
             from .cam import fused
-            return fused.heatmaps(activation, gradient, method, size)
-        return reference.heatmaps(activation, gradient, method, size)
+            return fused.heatmaps(activation, gradient, entry, size)
+        return reference.heatmaps(activation, gradient, entry, size)
 
 
 SUMMARY = [CLASS, SCORE, LOGITS]
@@ -354,20 +345,6 @@ def _backward_batch_size(metadata: dict, memory_mb: float) -> Optional[int]:
     if per_image <= 0:
         return None
     return max(1, int(memory_mb * 2**20 // per_image))
-
-
-def normalize_method(name: str) -> str:
-    """Canonical name of a CAM or input-gradient method (InputError listing all when unknown)."""
-    canonical = attribution.normalize_input_method(name)
-    if canonical is not None:
-        return canonical
-    try:
-        return reference.normalize_method(name)
-    except InputError:
-        raise InputError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
-
-
-METHODS = reference.METHODS + attribution.INPUT_METHODS
 
 
 def _join_summary(parts: list[dict]) -> dict:

@@ -205,6 +205,39 @@ def test_plain_model_is_augmented_on_the_fly(files, augmented, tmp_path, capsys)
                                   cv2.imread(str(out_augmented / "dog_gradcam.png")))
 
 
+def test_plain_model_is_augmented_for_an_input_gradient_method(files, tmp_path, capsys):
+    assert main(["explain", str(files["plain"]), str(files["paths"]["cat"]), "--method", "smoothgrad",
+                 "-o", str(tmp_path)]) == 0
+    assert "plain model: augmenting it" in capsys.readouterr().err
+    assert (tmp_path / "cat_smoothgrad.png").is_file()
+
+
+def test_input_gradient_method_on_a_cam_only_model_is_a_usage_error(files, augmented, tmp_path, capsys):
+    code = main(["explain", str(augmented), str(files["paths"]["cat"]), "--method", "guided_backprop",
+                 "-o", str(tmp_path)])
+    assert_clean_error(capsys, code, "needs a model augmented with --guided", "onnx-gradcam augment")
+
+
+def test_explain_with_eigencam_equals_the_python_api(files, augmented, tmp_path, capsys):
+    assert main(["explain", str(augmented), str(files["paths"]["cat"]), "--method", "eigencam",
+                 "-o", str(tmp_path)]) == 0
+    from onnx_gradcam import overlay
+    rgb = files["images"]["cat"]
+    expected = overlay(rgb, expected_explanation(str(augmented), rgb, method="eigencam").heatmaps[0])
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "cat_eigencam.png"))[..., ::-1], expected)
+
+
+def test_method_choices_come_from_the_registry():
+    from onnx_gradcam.cam.methods import method_names
+    from onnx_gradcam.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    choices = {name: next(a for a in commands[name]._actions if a.dest == "method").choices
+               for name in ("explain", "audit", "demo")}
+    assert list(choices["explain"]) == list(choices["audit"]) == list(method_names())
+    assert "eigencam" in choices["demo"] and "saliency" not in choices["demo"]  # the demo model has no input gradient
+
+
 def test_plain_model_with_a_named_target(files, tmp_path, capsys):
     assert main(["explain", str(files["plain"]), str(files["paths"]["cat"]), "--target", "conv2",
                  "-o", str(tmp_path)]) == 0

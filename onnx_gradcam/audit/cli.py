@@ -13,7 +13,7 @@ input was explained, 1 when some failed (records.parquet says why), 2 on usage e
 
 def add_audit_parser(subparsers) -> None:
     """Add the `audit` subcommand to an argparse subparsers object."""
-    from ..explainer import METHODS
+    from ..cam.methods import method_names
 
     audit = subparsers.add_parser("audit", help="explain a whole dataset: records, heatmaps, overlays, HTML report",
                                   description=DESCRIPTION)
@@ -24,7 +24,7 @@ def add_audit_parser(subparsers) -> None:
     audit.add_argument("-o", "--out", required=True, help="output folder (rerun with the same one to resume)")
     audit.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     audit.add_argument("--batch", type=_positive, default=32, help="images per model run (default 32)")
-    audit.add_argument("--method", default="gradcam", choices=METHODS,
+    audit.add_argument("--method", default="gradcam", choices=method_names(),
                        help="CAM method, or an input-gradient method (a plain MODEL is augmented for it)")
     audit.add_argument("--class", dest="target_class", default=None, metavar="N|LABEL",
                        help="class to explain, as an index or a name from --labels (default: each image's top class)")

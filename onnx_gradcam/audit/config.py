@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 
 from ..errors import InputError
 from ..labels import load_labels
-from ..preprocess import Preprocess, parse_preprocess
+from ..preprocess import Preprocess
 from .decode import DEFAULT_MAX_PIXELS
 
 SAVE_CHOICES = ("overlays", "heatmaps")
@@ -53,7 +53,7 @@ class AuditConfig:
             raise InputError(f"overlay format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1 or self.commit_every < 1:
             raise InputError("--batch, --commit-every and --max-pixels must be positive, --workers not negative")
-        from ..explainer import normalize_method
+        from ..cam.methods import normalize_method
 
         self.method = normalize_method(self.method)
         if not self.workers:
@@ -79,32 +79,16 @@ class AuditModel:
 
 def prepare_model(config: AuditConfig) -> AuditModel:
     """Load MODEL (augmenting a plain one), resolve preprocessing, labels and --class; errors are usage errors."""
-    from ..cam.attribution import INPUT_METHODS
-    from ..graph.augment import GUIDED_GRADIENT, INPUT_GRADIENT, augment, augmented_metadata
-    from ..graph.io import load_model
+    from ..graph.augment import augmented_metadata
+    from ..prepare import prepare_model as prepare_for_method
 
-    path = Path(config.model)
-    proto = load_model(path)
-    guided = config.method in ("guided_backprop", "guided_gradcam")
-    input_gradient = config.method in INPUT_METHODS and not guided
-    if "target" not in augmented_metadata(proto):
-        print(f"{path} is a plain model: augmenting it (target {config.target})", file=sys.stderr)
-        proto = augment(proto, target=config.target, input_gradient=input_gradient, guided=guided)
-    needed = GUIDED_GRADIENT if guided else INPUT_GRADIENT if input_gradient else None
-    if needed and needed not in {output.name for output in proto.graph.output}:
-        flag = "--guided" if guided else "--input-gradient"
-        raise InputError(f"--method {config.method} needs a model augmented with {flag}: run "
-                         f"`onnx-gradcam augment PLAIN_MODEL -o OUT {flag}` or pass the plain model")
-    metadata = augmented_metadata(proto)
-    preprocess = parse_preprocess(config.preprocess)
-    if preprocess is None and "preprocess" in metadata:
-        preprocess = Preprocess.from_dict(json.loads(metadata["preprocess"]))
-    if preprocess is None:
-        print("the model records no preprocessing: using ImageNet mean/std (pass --preprocess to change)",
-              file=sys.stderr)
-        preprocess = Preprocess.imagenet()
+    prepared = prepare_for_method(Path(config.model), config.method, target=config.target,
+                                  preprocess=config.preprocess)
+    for note in prepared.notes:
+        print(note, file=sys.stderr)
+    proto, preprocess = prepared.model, prepared.preprocess
     if preprocess.size is None:
-        preprocess = _with_model_size(preprocess, metadata)
+        preprocess = _with_model_size(preprocess, augmented_metadata(proto))
     labels = load_labels(config.labels_file)
     data = proto.SerializeToString()
     return AuditModel(model_bytes=data, preprocess=preprocess, labels=labels,

@@ -1,26 +1,18 @@
-"""NumPy side of the input-gradient methods: sampling the inputs and reducing the gradients.
+"""Input-gradient methods: their registry entries, sampling the inputs and reducing the gradients.
 
 The gradients themselves come from the augmented model (gradcam_input_gradient,
 gradcam_guided_gradient); nothing here knows about ONNX.
 """
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 import numpy as np
 
 from ..errors import InputError
-from .reference import normalize
-
-INPUT_METHODS: tuple[str, ...] = ("saliency", "guided_backprop", "guided_gradcam", "smoothgrad",
-                                  "integrated_gradients")
-_ALIASES = {"saliency": "saliency", "vanillasaliency": "saliency", "guidedbackprop": "guided_backprop",
-            "guidedbackpropagation": "guided_backprop", "guidedgradcam": "guided_gradcam",
-            "smoothgrad": "smoothgrad", "integratedgradients": "integrated_gradients", "ig": "integrated_gradients"}
-
-
-def normalize_input_method(name: str) -> str | None:
-    """Canonical input-gradient method name, or None when name is not one."""
-    key = name.lower().replace("-", "").replace("_", "").replace(" ", "") if isinstance(name, str) else None
-    return _ALIASES.get(key)
+from ..graph.augment import ACTIVATION, GRADIENT, GUIDED_GRADIENT, INPUT_GRADIENT
+from .methods import Family, Method, Samples, register
+from .reference import heatmaps, normalize
 
 
 def attribution_heatmaps(attribution: np.ndarray) -> np.ndarray:
@@ -78,3 +70,44 @@ def integrated_gradients(gradients: np.ndarray, weights: np.ndarray, difference:
     per_image = gradients.reshape((-1, len(weights)) + gradients.shape[1:]).astype(np.float64)
     integral = np.einsum("ns...,s->n...", per_image, weights)
     return (difference * integral).astype(np.float32)
+
+
+# ---------------------------------------------------------------- registry entries
+
+def _smoothgrad_sample(batch: np.ndarray, layout: str, samples: int, noise_level: float, seed: int) -> Samples:
+    return Samples(smoothgrad_inputs(batch, samples, noise_level, seed), samples)
+
+
+def _integrated_gradients_sample(batch: np.ndarray, layout: str, steps: int,
+                                 baseline: Optional[np.ndarray]) -> Samples:
+    points, weights = path_points(steps)
+    start = np.zeros_like(batch) if baseline is None else np.broadcast_to(np.asarray(baseline, np.float32),
+                                                                          batch.shape)
+    difference = batch - start
+    if layout == "NHWC":  # the input gradients are NCHW whatever the model's layout
+        difference = difference.transpose(0, 3, 1, 2)
+    return Samples(integrated_gradients_inputs(batch, start, points), steps, (weights, difference))
+
+
+def _guided_gradcam(outputs: Mapping[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    return guided_gradcam(outputs[GUIDED_GRADIENT], heatmaps(outputs[ACTIVATION], outputs[GRADIENT], "gradcam", size))
+
+
+for _entry in (
+    Method("saliency", Family.INPUT_GRADIENT, (INPUT_GRADIENT,), aliases=("vanillasaliency",),
+           attribute=lambda outputs, size: outputs[INPUT_GRADIENT], summary="d score / d image"),
+    Method("guided_backprop", Family.INPUT_GRADIENT, (GUIDED_GRADIENT,), aliases=("guidedbackpropagation",),
+           attribute=lambda outputs, size: outputs[GUIDED_GRADIENT],
+           summary="d score / d image through guided-backprop ReLUs"),
+    Method("guided_gradcam", Family.INPUT_GRADIENT, (GUIDED_GRADIENT, ACTIVATION, GRADIENT),
+           attribute=_guided_gradcam, summary="guided backprop times the upsampled Grad-CAM map"),
+    Method("smoothgrad", Family.INPUT_GRADIENT, (INPUT_GRADIENT,),
+           options={"samples": 16, "noise_level": 0.15, "seed": 0}, sample=_smoothgrad_sample,
+           combine=lambda gradients, drawn: smoothgrad(gradients, drawn.repeat),
+           summary="mean |d score / d image| over noisy copies (noise std = noise_level * value range)"),
+    Method("integrated_gradients", Family.INPUT_GRADIENT, (INPUT_GRADIENT,), aliases=("ig",),
+           options={"steps": 32, "baseline": None}, sample=_integrated_gradients_sample,
+           combine=lambda gradients, drawn: integrated_gradients(gradients, *drawn.context),
+           summary="(image - baseline) times the path integral of the gradient (Gauss-Legendre steps)"),
+):
+    register(_entry)

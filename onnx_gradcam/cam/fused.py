@@ -1,17 +1,25 @@
-"""Fused GPU heatmaps: the heatmap contract in one CUDA launch per batch (kernels/gradcam.cu) on CuPy arrays."""
+"""Fused GPU heatmaps: the heatmap contract in one CUDA launch per batch (kernels/gradcam.cu) on CuPy arrays.
+
+A method runs the kernel case its registry entry names (kernel_id, a GRADCAM_METHOD_* value). A CAM
+method without one (EigenCAM) has its map computed by its NumPy implementation on the host; the kernel
+then only applies ReLU, min-max, resize and min-max to that map (and the overlay).
+"""
 from __future__ import annotations
 
 import functools
 import importlib.resources
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from onnx_gradcam.cam.reference import METHODS, normalize_method
+from onnx_gradcam.cam.methods import Method, registered_methods
+from onnx_gradcam.cam.reference import cam_entry, raw_cam
 from onnx_gradcam.errors import InputError
 
-# The GRADCAM_METHOD_* enum of kernels/gradcam_math.cuh, in the order of reference.METHODS (a test checks both).
-METHOD_IDS = {name: index for index, name in enumerate(METHODS)}
+# GRADCAM_METHOD_HIRESCAM computes sum_k G_k * A_k, which for K = 1 and G = 1 is the given map itself:
+# the case that finishes a map computed elsewhere (a test checks the value against the header).
+MAP_KERNEL_ID = 3
 
 KERNEL_NAME = "gradcam_fused"
 COMPILE_OPTIONS = ("--std=c++17",)
@@ -30,27 +38,43 @@ def kernel_source() -> str:
     return _read_kernel_file("gradcam.cu").replace('#include "gradcam_math.cuh"', header)
 
 
+@functools.lru_cache(maxsize=None)
+def kernel_cases() -> dict[str, int]:
+    """Return the GRADCAM_METHOD_* enum of kernels/gradcam_math.cuh, e.g. {'GRADCAM': 0, ...}."""
+    header = _read_kernel_file("gradcam_math.cuh")
+    return {name: int(value) for name, value in re.findall(r"GRADCAM_METHOD_(\w+) = (\d+)", header)}
+
+
+def kernel_ids() -> dict[str, int]:
+    """Return {method name: GRADCAM_METHOD_* id} of every registered method with a kernel case."""
+    return {entry.name: entry.kernel_id for entry in registered_methods() if entry.kernel_id is not None}
+
+
 def kernel_names() -> list[str]:
-    """Return the name expressions of every kernel variant (each dtype, method and overlay flag)."""
-    variants = ((dtype, method, overlay) for dtype in _CTYPES for method in METHOD_IDS for overlay in (False, True))
-    return [kernel_name(*variant) for variant in variants]
+    """Return the name expressions of every kernel variant (each dtype, kernel id and overlay flag)."""
+    ids = sorted(set(kernel_ids().values()) | {MAP_KERNEL_ID})
+    return [kernel_name(dtype, kernel_id, overlay)
+            for dtype in _CTYPES for kernel_id in ids for overlay in (False, True)]
 
 
-def kernel_name(dtype: str, method: str, overlay: bool) -> str:
+def kernel_name(dtype: str, kernel_id: int, overlay: bool) -> str:
     """Return the name expression of one kernel variant, e.g. 'gradcam_fused<float, 0, false>'."""
-    return f"{KERNEL_NAME}<{_CTYPES[dtype]}, {METHOD_IDS[method]}, {'true' if overlay else 'false'}>"
+    return f"{KERNEL_NAME}<{_CTYPES[dtype]}, {int(kernel_id)}, {'true' if overlay else 'false'}>"
 
 
 def heatmaps(
     activation: Any, gradient: Any, method: str = "gradcam", size: tuple[int, int] | None = None, out: Any = None
 ) -> Any:
-    """Return [N,H,W] float32 CuPy heatmaps in [0, 1] for CuPy activation/gradient [N,K,h,w] (fp32 or fp16)."""
+    """Return [N,H,W] float32 CuPy heatmaps in [0, 1] for CuPy activation/gradient [N,K,h,w] (fp32 or fp16).
+
+    gradient may be None for a method that does not read it (EigenCAM).
+    """
     cupy = _cupy()
-    activation, gradient, method = _check_pair(cupy, activation, gradient, method)
+    activation, gradient, entry = _check_pair(cupy, activation, gradient, method)
     batch, _, height, width = activation.shape
     size = (height, width) if size is None else _check_size(size)
     out = _check_out(cupy, out, (batch, *size), activation.device)
-    _launch(cupy, activation, gradient, method, out)
+    _launch(cupy, activation, gradient, entry, out)
     return out
 
 
@@ -59,24 +83,28 @@ def heatmaps_and_overlays(
 ) -> tuple[Any, Any]:
     """Return ([N,H,W] float32 heatmaps, [N,H,W,3] uint8 JET overlays) for uint8 RGB images [N,H,W,3] on the GPU."""
     cupy = _cupy()
-    activation, gradient, method = _check_pair(cupy, activation, gradient, method)
+    activation, gradient, entry = _check_pair(cupy, activation, gradient, method)
     images = _check_images(cupy, images, activation)
     alpha = _check_alpha(alpha)
     batch, out_height, out_width, _ = images.shape
     with activation.device:
         heatmap = cupy.empty((batch, out_height, out_width), cupy.float32)
         overlay = cupy.empty_like(images)
-    _launch(cupy, activation, gradient, method, heatmap, images, overlay, alpha)
+    _launch(cupy, activation, gradient, entry, heatmap, images, overlay, alpha)
     return heatmap, overlay
 
 
-def _launch(cupy, activation, gradient, method, heatmap, images=None, overlay=None, alpha=0.5) -> None:
-    batch, channels, height, width = activation.shape
-    if batch == 0:
+def _launch(cupy, activation, gradient, entry: Method, heatmap, images=None, overlay=None, alpha=0.5) -> None:
+    if activation.shape[0] == 0:
         return
+    kernel_id = entry.kernel_id
+    if kernel_id is None:
+        activation, gradient = _host_map(cupy, activation, gradient, entry)
+        kernel_id = MAP_KERNEL_ID
+    batch, channels, height, width = activation.shape
     area = height * width
     with activation.device:
-        kernel = _kernel(activation.dtype.name, method, overlay is not None)
+        kernel = _kernel(activation.dtype.name, kernel_id, overlay is not None)
         slices = _slices(batch, channels, _multiprocessors(activation.device.id))
         cam_in_workspace = area > _SHARED_CAM_FLOATS
         workspace = cupy.empty(batch * slices * area, cupy.float32) if slices > 1 or cam_in_workspace else None
@@ -95,6 +123,15 @@ def _launch(cupy, activation, gradient, method, heatmap, images=None, overlay=No
         )
 
 
+def _host_map(cupy, activation, gradient, entry: Method):
+    """A method with no kernel case: its NumPy map ([N,1,h,w] float32 on the GPU) and a gradient of ones."""
+    host_gradient = None if gradient is None else cupy.asnumpy(gradient)
+    cam = raw_cam(cupy.asnumpy(activation), host_gradient, entry)
+    with activation.device:
+        cam = cupy.asarray(cam[:, None])
+        return cam, cupy.ones_like(cam)
+
+
 def _slices(batch: int, channels: int, multiprocessors: int) -> int:
     """Blocks per image: enough for about two blocks per multiprocessor, each with a fair share of channels."""
     wanted = math.ceil(2 * multiprocessors / batch)
@@ -108,15 +145,15 @@ def _multiprocessors(device_id: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _module(dtype: str, method: str):
-    """One module per dtype and method, with and without overlay; CuPy compiles it on first use on each device."""
-    names = [kernel_name(dtype, method, overlay) for overlay in (False, True)]
+def _module(dtype: str, kernel_id: int):
+    """One module per dtype and kernel id, with and without overlay; CuPy compiles it on first use on each device."""
+    names = [kernel_name(dtype, kernel_id, overlay) for overlay in (False, True)]
     return _cupy().RawModule(code=kernel_source(), options=COMPILE_OPTIONS, name_expressions=names)
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(dtype: str, method: str, overlay: bool):
-    return _module(dtype, method).get_function(kernel_name(dtype, method, overlay))
+def _kernel(dtype: str, kernel_id: int, overlay: bool):
+    return _module(dtype, kernel_id).get_function(kernel_name(dtype, kernel_id, overlay))
 
 
 def _read_kernel_file(name: str) -> str:
@@ -138,8 +175,15 @@ def _cupy():
 
 
 def _check_pair(cupy, activation, gradient, method: str):
-    method = normalize_method(method)
-    for name, array in (("activation", activation), ("gradient", gradient)):
+    entry = cam_entry(method)
+    if entry.kernel_id is not None and entry.kernel_id not in kernel_cases().values():
+        raise InputError(f"method {entry.name!r} names kernel id {entry.kernel_id}, which kernels/gradcam_math.cuh has "
+                         "no case for; add the case there, or register the method with kernel_id=None to have "
+                         "NumPy compute its map")
+    if gradient is None and entry.uses_gradient:
+        raise InputError(f"{entry.name} needs the gradient as well as the activation")
+    pairs = (("activation", activation),) + ((("gradient", gradient),) if gradient is not None else ())
+    for name, array in pairs:
         if not isinstance(array, cupy.ndarray):
             raise InputError(
                 f"{name} must be a CuPy array on the GPU, got {type(array).__module__}.{type(array).__name__}; "
@@ -149,13 +193,13 @@ def _check_pair(cupy, activation, gradient, method: str):
             raise InputError(f"{name} must be 4-D [N,K,h,w], got shape {array.shape}")
         if array.dtype.name not in _CTYPES:
             raise InputError(f"{name} must be float32 or float16, got {array.dtype}; cast it with .astype('float32')")
-    if activation.shape != gradient.shape:
+    if gradient is not None and activation.shape != gradient.shape:
         raise InputError(
             f"activation {activation.shape} and gradient {gradient.shape} must have the same [N,K,h,w] shape"
         )
-    if activation.dtype != gradient.dtype:
+    if gradient is not None and activation.dtype != gradient.dtype:
         raise InputError(f"activation ({activation.dtype}) and gradient ({gradient.dtype}) must have the same dtype")
-    if activation.device != gradient.device:
+    if gradient is not None and activation.device != gradient.device:
         raise InputError(
             f"activation is on {activation.device} and gradient on {gradient.device}; put both on one GPU"
         )
@@ -165,7 +209,8 @@ def _check_pair(cupy, activation, gradient, method: str):
     if channels * height * width > _INT32_MAX:
         raise InputError(f"activation {activation.shape} has more than 2**31 - 1 elements per image")
     with activation.device:
-        return cupy.ascontiguousarray(activation), cupy.ascontiguousarray(gradient), method
+        gradient = None if gradient is None else cupy.ascontiguousarray(gradient)
+        return cupy.ascontiguousarray(activation), gradient, entry
 
 
 def _check_size(size) -> tuple[int, int]:

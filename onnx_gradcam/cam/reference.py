@@ -1,23 +1,18 @@
-"""NumPy reference of the heatmap contract in DESIGN.md; every other backend is tested against it."""
+"""NumPy reference of the heatmap contract in DESIGN.md; every other backend is tested against it.
+
+The work every CAM method shares lives here once, as in pytorch-grad-cam's BaseCAM: the weighted sum
+of the activation's channels, ReLU, min-max, resize, min-max. A method supplies only its weights (or
+its map) through its registry entry; the five methods of the contract table are registered below.
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import cv2
 import numpy as np
 
+from onnx_gradcam.cam.methods import Family, Method, cam_method, get_method, normalize_method
 from onnx_gradcam.errors import InputError
-
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
-
-# Keys are lower-case names with "-", "_" and spaces removed.
-_ALIASES = {
-    "gradcam": "gradcam",
-    "gradcam++": "gradcam++",
-    "gradcampp": "gradcam++",
-    "gradcamplusplus": "gradcam++",
-    "xgradcam": "xgradcam",
-    "hirescam": "hirescam",
-    "layercam": "layercam",
-}
 
 # The contract's epsilon in the min-max and xgradcam denominators.
 EPSILON = 1e-7
@@ -26,46 +21,100 @@ EPSILON = 1e-7
 GRADCAMPP_EPSILON = 1e-6
 # OpenCV 4 resizes at most 512 channels per call and OpenCV 5 at most 128.
 _RESIZE_CHANNELS = 128
+_SPATIAL = (2, 3)
+
+__all__ = ["METHODS", "EPSILON", "GRADCAMPP_EPSILON", "cam_entry", "channel_weights", "heatmaps", "normalize",
+           "normalize_method", "raw_cam"]
 
 
-def normalize_method(name: str) -> str:
-    """Return the canonical method name (one of METHODS) for a case-insensitive name or alias."""
-    key = name.lower().replace("-", "").replace("_", "").replace(" ", "") if isinstance(name, str) else None
-    if key not in _ALIASES:
-        raise InputError(f"unknown Grad-CAM method {name!r}; choose one of {', '.join(METHODS)}")
-    return _ALIASES[key]
+# ---------------------------------------------------------------- the contract table (kernel ids: gradcam_math.cuh)
+
+@cam_method("gradcam", kernel_id=0)
+def _gradcam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """w_k = mean_ij G"""
+    return gradient.mean(axis=_SPATIAL)
 
 
-def channel_weights(activation: np.ndarray, gradient: np.ndarray, method: str) -> np.ndarray | None:
-    """Return the [N,K] float32 channel weights of gradcam/gradcam++/xgradcam, None for hirescam/layercam."""
-    activation, gradient = _check_pair(activation, gradient)
-    return _channel_weights(activation, gradient, normalize_method(method))
+@cam_method("gradcam++", aliases=("gradcampp", "gradcamplusplus"), kernel_id=1)
+def _gradcam_pp(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """a = G^2 / (2G^2 + (sum_ij A) G^3 + 1e-6), 0 where G = 0; w_k = sum_ij a ReLU(G)"""
+    total = activation.sum(axis=_SPATIAL, keepdims=True)
+    squared = gradient * gradient
+    # 2G^2 + S*G^3 factored; where G == 0 alpha is 0/epsilon = 0, as the contract asks.
+    alpha = squared / (squared * (2 + total * gradient) + np.float32(GRADCAMPP_EPSILON))
+    return (alpha * np.maximum(gradient, 0)).sum(axis=_SPATIAL)
 
 
-def raw_cam(activation: np.ndarray, gradient: np.ndarray, method: str = "gradcam") -> np.ndarray:
-    """Return the [N,h,w] float32 class activation map before ReLU."""
-    activation, gradient = _check_pair(activation, gradient)
-    method = normalize_method(method)
-    weights = _channel_weights(activation, gradient, method)
-    if weights is not None:
+@cam_method("xgradcam", kernel_id=2)
+def _xgradcam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """w_k = sum_ij G A / (sum_ij A + 1e-7)"""
+    total = activation.sum(axis=_SPATIAL)
+    return (gradient * activation).sum(axis=_SPATIAL) / (total + np.float32(EPSILON))
+
+
+@cam_method("hirescam", kind="element", kernel_id=3)
+def _hirescam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """cam = sum_k G_k * A_k"""
+    return gradient
+
+
+@cam_method("layercam", kind="element", kernel_id=4)
+def _layercam(activation: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """cam = sum_k ReLU(G_k) * A_k"""
+    return np.maximum(gradient, 0)
+
+
+# The contract table's methods, each with a fused kernel; cam.METHODS lists every CAM method.
+METHODS: tuple[str, ...] = tuple(entry.name for entry in (_gradcam, _gradcam_pp, _xgradcam, _hirescam, _layercam))
+
+
+# ---------------------------------------------------------------- the shared work
+
+def cam_entry(method: "str | Method") -> Method:
+    """The registry entry of a CAM method (InputError for unknown names and other families)."""
+    entry = get_method(method)
+    if entry.family != Family.CAM:
+        raise InputError(f"{entry.name!r} is an {entry.family.value} method, not a CAM over the target activation; "
+                         "explain with Explainer(model).explain(images, method=...) instead")
+    return entry
+
+
+def channel_weights(activation: np.ndarray, gradient: Optional[np.ndarray], method: str) -> Optional[np.ndarray]:
+    """Return the [N,K] float32 channel weights of a channel-weight method, None for other CAM methods."""
+    entry = cam_entry(method)
+    activation, gradient = _check_pair(activation, gradient, entry)
+    return None if entry.channel_weights is None else entry.channel_weights(activation, gradient)
+
+
+def raw_cam(activation: np.ndarray, gradient: Optional[np.ndarray], method: str = "gradcam") -> np.ndarray:
+    """Return the [N,h,w] float32 class activation map before ReLU (gradient may be None if unused)."""
+    entry = cam_entry(method)
+    activation, gradient = _check_pair(activation, gradient, entry)
+    if entry.channel_weights is not None:
+        weights = entry.channel_weights(activation, gradient)
         batch, channels, height, width = activation.shape
         flat = activation.reshape(batch, channels, height * width)
         return np.matmul(weights[:, None, :], flat).reshape(batch, height, width)
-    if method == "layercam":
-        gradient = np.maximum(gradient, 0)
-    # einsum sums the products without a [N,K,h,w] temporary (3x faster than multiply-then-sum here)
-    return np.einsum("nkhw,nkhw->nhw", gradient, activation)
+    if entry.element_weights is not None:
+        # einsum sums the products without a [N,K,h,w] temporary (3x faster than multiply-then-sum here)
+        return np.einsum("nkhw,nkhw->nhw", entry.element_weights(activation, gradient), activation)
+    return entry.cam_map(activation, gradient).astype(np.float32, copy=False)
 
 
 def heatmaps(
     activation: np.ndarray,
-    gradient: np.ndarray,
+    gradient: Optional[np.ndarray],
     method: str = "gradcam",
-    size: tuple[int, int] | None = None,
+    size: Optional[tuple[int, int]] = None,
 ) -> np.ndarray:
     """Return [N,H,W] float32 heatmaps in [0, 1]: ReLU, min-max, bilinear resize to size=(H,W), min-max."""
     size = None if size is None else _check_size(size)
-    cam = normalize(np.maximum(raw_cam(activation, gradient, method), 0))
+    return finish(raw_cam(activation, gradient, method), size)
+
+
+def finish(cam: np.ndarray, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """The contract's steps after the map: ReLU, min-max, resize to size=(H,W), min-max ([N,h,w] -> [N,H,W])."""
+    cam = normalize(np.maximum(cam, 0))
     if size is not None:
         # Normalizing before the resize as well makes the result independent of the CAM's scale
         # (the epsilon acts on a [0, 1] range) and equal to pytorch-grad-cam's; an all-equal map
@@ -81,31 +130,20 @@ def normalize(cam: np.ndarray) -> np.ndarray:
     return (cam - low) / (high - low + np.float32(EPSILON))
 
 
-def _channel_weights(activation: np.ndarray, gradient: np.ndarray, method: str) -> np.ndarray | None:
-    spatial = (2, 3)
-    if method == "gradcam":
-        return gradient.mean(axis=spatial)
-    if method == "xgradcam":
-        total = activation.sum(axis=spatial)
-        return (gradient * activation).sum(axis=spatial) / (total + np.float32(EPSILON))
-    if method == "gradcam++":
-        total = activation.sum(axis=spatial, keepdims=True)
-        squared = gradient * gradient
-        # 2G^2 + S*G^3 factored; where G == 0 alpha is 0/epsilon = 0, as the contract asks.
-        alpha = squared / (squared * (2 + total * gradient) + np.float32(GRADCAMPP_EPSILON))
-        return (alpha * np.maximum(gradient, 0)).sum(axis=spatial)
-    return None
-
-
-def _check_pair(activation: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(activation: np.ndarray, gradient: Optional[np.ndarray],
+                entry: Method) -> tuple[np.ndarray, Optional[np.ndarray]]:
     activation = _as_float32(activation, "activation")
+    if activation.shape[2] == 0 or activation.shape[3] == 0:
+        raise InputError(f"activation {activation.shape} has an empty spatial size; h and w must be positive")
+    if gradient is None:
+        if entry.uses_gradient:
+            raise InputError(f"{entry.name} needs the gradient as well as the activation")
+        return activation, None
     gradient = _as_float32(gradient, "gradient")
     if activation.shape != gradient.shape:
         raise InputError(
             f"activation {activation.shape} and gradient {gradient.shape} must have the same [N,K,h,w] shape"
         )
-    if activation.shape[2] == 0 or activation.shape[3] == 0:
-        raise InputError(f"activation {activation.shape} has an empty spatial size; h and w must be positive")
     return activation, gradient
 
 

@@ -23,11 +23,10 @@ def test_kernel_source_inlines_the_header():
     assert "struct half_bits" in source and "__global__ void gradcam_fused" in source
 
 
-def test_method_ids_match_the_header_enum():
-    enum = dict(re.findall(r"GRADCAM_METHOD_(\w+) = (\d+)", HEADER.read_text()))
-    from_header = {name.lower().replace("_pp", "++"): int(value) for name, value in enum.items()}
-    assert from_header == fused.METHOD_IDS
-    assert list(fused.METHOD_IDS) == list(reference.METHODS)
+def test_every_contract_method_has_a_kernel_and_only_known_ids_compile():
+    assert set(fused.kernel_ids()) >= set(reference.METHODS)
+    enum = {int(value) for value in re.findall(r"GRADCAM_METHOD_\w+ = (\d+)", HEADER.read_text())}
+    assert {int(name.split(", ")[1]) for name in fused.kernel_names()} == enum  # the registry ids and the map case
 
 
 def test_epsilons_match_the_reference():
@@ -77,5 +76,20 @@ def test_nvrtc_compiles_every_variant_without_warnings(arch):
         lowered = {nvrtc.getLoweredName(program, name) for name in names}
         assert len(lowered) == len(names)
         assert all(symbol.encode() in cubin for symbol in lowered)
+    finally:
+        nvrtc.destroyProgram(program)
+
+
+def test_nvrtc_refuses_an_id_without_a_kernel_case():
+    """An id no case computes fails to compile, so no method can silently run another method's math."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc", reason="CuPy is not installed; nvcc covers the kernel")
+    unknown = max(int(name.split(", ")[1]) for name in fused.kernel_names()) + 1
+    program = nvrtc.createProgram(fused.kernel_source(), "gradcam.cu", [], [])
+    try:
+        nvrtc.addNameExpression(program, fused.kernel_name("float32", unknown, False))
+        with pytest.raises(nvrtc.NVRTCError):
+            nvrtc.compileProgram(program, [*fused.COMPILE_OPTIONS, *CUPY_NVRTC_OPTIONS,
+                                           f"--gpu-architecture={ARCHS[0]}"])
+        assert "must be a GRADCAM_METHOD_* id" in nvrtc.getProgramLog(program)
     finally:
         nvrtc.destroyProgram(program)

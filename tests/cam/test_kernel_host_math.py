@@ -3,10 +3,12 @@ and NumPy; a host loop that mirrors the kernel against the NumPy reference; and 
 CPU threads, against both and under ThreadSanitizer."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -14,11 +16,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onnx_gradcam.cam import reference
-from onnx_gradcam.cam.fused import METHOD_IDS
+from onnx_gradcam.cam import METHODS, fused, get_method, reference
+from onnx_gradcam.cam.fused import kernel_ids
 from onnx_gradcam.render import overlay as reference_overlay
 
 KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+METHOD_IDS = kernel_ids()  # method name -> the GRADCAM_METHOD_* id its registry entry names
 
 # Mirrors kernels/gradcam.cu with the same math functions and the same summation order: warp
 # butterflies for channel sums, `groups` strided double sums per pixel rounded to float per chunk of
@@ -184,6 +187,7 @@ EMULATION_PRELUDE = r"""
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -254,11 +258,12 @@ static void emulate(const T* a, const T* g, int n, int k, int h, int w, int H, i
                                                          overlay, alpha, workspace.data(), arrivals.data(),      \
                                                          cam_in_workspace)
     switch (method) {
-        case 0: GRADCAM_LAUNCH(0); break;
-        case 1: GRADCAM_LAUNCH(1); break;
-        case 2: GRADCAM_LAUNCH(2); break;
-        case 3: GRADCAM_LAUNCH(3); break;
-        default: GRADCAM_LAUNCH(4); break;
+        case GRADCAM_METHOD_GRADCAM: GRADCAM_LAUNCH(GRADCAM_METHOD_GRADCAM); break;
+        case GRADCAM_METHOD_GRADCAM_PP: GRADCAM_LAUNCH(GRADCAM_METHOD_GRADCAM_PP); break;
+        case GRADCAM_METHOD_XGRADCAM: GRADCAM_LAUNCH(GRADCAM_METHOD_XGRADCAM); break;
+        case GRADCAM_METHOD_HIRESCAM: GRADCAM_LAUNCH(GRADCAM_METHOD_HIRESCAM); break;
+        case GRADCAM_METHOD_LAYERCAM: GRADCAM_LAUNCH(GRADCAM_METHOD_LAYERCAM); break;
+        default: std::abort();  // an id the kernel has no case for
     }
 }
 """
@@ -497,11 +502,13 @@ def test_host_overlay_matches_render_overlay(lib, method):
 
 def _emulated_heatmaps(emulator, activation, gradient, method, size, images=None, alpha=0.5, threads=256, slices=1,
                        cam_in_workspace=False):
+    """Run the kernel case of method (a name, or a kernel id) on the CPU."""
     batch, channels, height, width = activation.shape
     heatmap = np.empty((batch, *size), np.float32)
     overlay = None if images is None else np.empty_like(images)
     entry = emulator.emulate_f16 if activation.dtype == np.float16 else emulator.emulate_f32
-    entry(_ptr(activation), _ptr(gradient), batch, channels, height, width, *size, METHOD_IDS[method], threads, slices,
+    kernel_id = METHOD_IDS[method] if isinstance(method, str) else method
+    entry(_ptr(activation), _ptr(gradient), batch, channels, height, width, *size, kernel_id, threads, slices,
           _ptr(heatmap), _ptr(images), _ptr(overlay), ctypes.c_float(alpha), int(cam_in_workspace))
     return heatmap if images is None else (heatmap, overlay)
 
@@ -530,6 +537,31 @@ def test_emulated_kernel_reads_float16(emulator, method):
     activation, gradient = _pair((3, 70, 7, 7), np.float16)
     heatmap = _emulated_heatmaps(emulator, activation, gradient, method, (28, 28), slices=2)
     np.testing.assert_allclose(heatmap, reference.heatmaps(activation, gradient, method, (28, 28)), rtol=0, atol=1e-5)
+
+
+class _OnFakeDevice(np.ndarray):
+    """A NumPy array that answers .device like a CuPy one, so fused._host_map runs without a GPU."""
+
+    device = property(lambda self: contextlib.nullcontext())
+
+
+_HOST_CUPY = SimpleNamespace(asnumpy=np.asarray, asarray=np.asarray, ones_like=np.ones_like)
+
+
+@pytest.mark.parametrize("method", [name for name in METHODS if get_method(name).kernel_id is None])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_a_method_without_a_kernel_case_is_finished_by_the_map_case(emulator, method, dtype):
+    """What cam.fused does for EigenCAM on CUDA: the NumPy map, then the kernel's map case (K = 1, G = 1)."""
+    activation, gradient = (array.view(_OnFakeDevice) for array in _pair((2, 40, 9, 11), dtype))
+    cam, ones = fused._host_map(_HOST_CUPY, activation, gradient, get_method(method))
+    assert cam.shape == (2, 1, 9, 11) and cam.dtype == ones.dtype == np.float32 and (ones == 1).all()
+    images = np.random.default_rng(1).integers(0, 256, (2, 23, 17, 3), dtype=np.uint8)
+    heatmap, overlay = _emulated_heatmaps(emulator, np.ascontiguousarray(cam), np.ascontiguousarray(ones),
+                                          fused.MAP_KERNEL_ID, (23, 17), images, 0.4)
+    expected = reference.heatmaps(np.asarray(activation), np.asarray(gradient), method, (23, 17))
+    np.testing.assert_allclose(heatmap, expected, rtol=0, atol=1e-5)
+    for index in range(2):
+        assert np.abs(overlay[index].astype(int) - reference_overlay(images[index], expected[index], 0.4)).max() <= 1
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is needed to run kernels/gradcam.cu on the CPU")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from onnx_gradcam.cam import METHODS, channel_weights, heatmaps, normalize_method, raw_cam
+from onnx_gradcam.cam import METHODS, channel_weights, get_method, heatmaps, normalize_method, raw_cam
 from onnx_gradcam.cam import reference
 from onnx_gradcam.errors import InputError
 
@@ -68,10 +68,11 @@ def _random_pair(shape, seed=0, dtype=np.float32):
 
 # The contract normalizes before and after the resize, as pytorch-grad-cam does, so agreement does not
 # depend on the CAM's scale: checked on the untouched model (raw ranges ~5e-4) and with activations
-# boosted 3000x (ranges 0.02..3, gradients O(1e-3), like a trained classifier).
+# boosted 3000x (ranges 0.02..3, gradients O(1e-3), like a trained classifier). The eigen methods, whose
+# sign pytorch-grad-cam leaves to LAPACK, are compared in test_methods.py.
 @pytest.mark.parametrize("gain", [1.0, 3000.0])
 @pytest.mark.parametrize("image_size, layer_size", SHAPES)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(PEER_CLASSES))
 def test_heatmaps_match_pytorch_grad_cam(method, image_size, layer_size, gain):
     activation, gradient, peer_heatmap = _peer_run(method, image_size, layer_size, activation_gain=gain)
     ours = heatmaps(activation, gradient, method, size=image_size)
@@ -83,14 +84,19 @@ def test_gradcampp_epsilon_is_the_peers():
     assert reference.GRADCAMPP_EPSILON == PEER_GRADCAMPP_EPSILON
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_the_contract_table_is_the_peer_compared_methods_with_kernels():
+    assert reference.METHODS == tuple(PEER_CLASSES)
+    assert all(get_method(method).kernel_id is not None for method in PEER_CLASSES)
+
+
+@pytest.mark.parametrize("method", list(PEER_CLASSES))
 def test_raw_cam_and_weights_match_pytorch_grad_cam_get_cam_image(method):
     activation, gradient = _random_pair((2, 5, 6, 4))
     peer = PEER_CLASSES[method](_classifier((8, 8), 1.0), [])
     peer_cam = peer.get_cam_image(None, None, None, activation, gradient, eigen_smooth=False)
     np.testing.assert_allclose(raw_cam(activation, gradient, method), peer_cam, rtol=1e-5, atol=1e-9)
     weights = channel_weights(activation, gradient, method)
-    if method in ("hirescam", "layercam"):
+    if get_method(method).channel_weights is None:  # element-weight methods
         assert weights is None
     else:
         peer_weights = peer.get_cam_weights(None, None, None, activation, gradient)
@@ -164,7 +170,7 @@ def test_float64_is_cast_to_float32():
 
 
 @pytest.mark.filterwarnings("error")
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [method for method in METHODS if get_method(method).uses_gradient])
 def test_zero_gradient_gives_zero_heatmaps(method):
     activation, _ = _random_pair((2, 4, 5, 5))
     result = heatmaps(activation, np.zeros_like(activation), method, size=(11, 13))
@@ -191,6 +197,19 @@ def test_normalize_method_accepts_case_and_aliases(name, canonical):
     assert normalize_method(name) == canonical
     activation, gradient = _random_pair((1, 3, 4, 4))
     np.testing.assert_array_equal(heatmaps(activation, gradient, name), heatmaps(activation, gradient, canonical))
+
+
+def test_input_gradient_method_is_refused_with_the_way_out():
+    activation, gradient = _random_pair((1, 3, 4, 4))
+    with pytest.raises(InputError, match="not a CAM.*Explainer"):
+        heatmaps(activation, gradient, "saliency")
+
+
+def test_gradient_is_required_only_by_methods_that_read_it():
+    activation, gradient = _random_pair((2, 3, 4, 4))
+    np.testing.assert_array_equal(heatmaps(activation, None, "eigencam"), heatmaps(activation, gradient, "eigencam"))
+    with pytest.raises(InputError, match="gradient"):
+        heatmaps(activation, None, "gradcam")
 
 
 def test_unknown_method_lists_methods():
