@@ -36,3 +36,11 @@ class ImageReadError(InputError):
 
 class ExportError(GradCamError):
     """A framework model cannot be exported with its target exposed."""
+
+
+class OpsetTooLowError(UnsupportedOpError):
+    """A rule needs ops of a newer opset than the model's; augment converts the model and retries."""
+
+    def __init__(self, message: str, needed: int) -> None:
+        super().__init__(message)
+        self.needed = needed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -21,6 +22,8 @@ __all__ = ["export_torch", "export_keras", "list_torch_targets", "list_keras_tar
 _LAZY = {"export_torch": "torch", "list_torch_targets": "torch",
          "export_keras": "keras", "list_keras_targets": "keras"}
 EXPORT_METADATA_KEY = "gradcam_export"
+EXPORTER_METADATA_KEY = "gradcam_exporter"  # which torch.onnx exporter made the graph
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*m")  # the dynamo exporter colours its messages
 
 
 def __getattr__(name: str) -> Any:
@@ -101,7 +104,7 @@ def close_names(name: str, names: Sequence[str], count: int = 5) -> list[str]:
 
 def first_line(error: BaseException, limit: int = 400) -> str:
     """The first line of an exception message, cut to limit characters (exporters dump whole graphs)."""
-    lines = str(error).strip().splitlines()
+    lines = _TERMINAL_CODES.sub("", str(error)).strip().splitlines()
     line = lines[0] if lines else ""
     return line if len(line) <= limit else line[:limit] + "..."
 
@@ -137,18 +140,23 @@ def preprocess_spec(preprocess: Any, size: tuple[int, int], channels: int, layou
     return spec
 
 
-def finish(model: onnx.ModelProto, extra_output: Optional[str], export_info: dict,
+def finish(model: onnx.ModelProto, extra_output: Optional[str], export_info: dict, exporter: str,
            path: Optional[str]) -> onnx.ModelProto:
-    """Drop the helper output that exposed the target, record how the model was exported, save it."""
+    """Drop the helper output that exposed the target, record how and by which exporter the model was
+    exported, save it."""
     from ..graph.io import save_model
 
     if extra_output is not None:
         outputs = [o for o in model.graph.output if o.name != extra_output]
         del model.graph.output[:]
         model.graph.output.extend(outputs)
-    prop = next((p for p in model.metadata_props if p.key == EXPORT_METADATA_KEY), None)
-    prop = prop or model.metadata_props.add()
-    prop.key, prop.value = EXPORT_METADATA_KEY, json.dumps(export_info)
+    _set_metadata(model, EXPORT_METADATA_KEY, json.dumps(export_info))
+    _set_metadata(model, EXPORTER_METADATA_KEY, exporter)
     if path is not None:
         save_model(model, path)
     return model
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    prop = next((p for p in model.metadata_props if p.key == key), None) or model.metadata_props.add()
+    prop.key, prop.value = key, value

@@ -114,7 +114,8 @@ def _print_targets(targets) -> None:
 def _report(source: str, output: str, model) -> None:
     meta = {p.key: p.value for p in model.metadata_props}
     print(f"exported {source} -> {output}: target {meta.get('gradcam_target')} "
-          f"{meta.get('gradcam_target_shape')}, score {meta.get('gradcam_score')}")
+          f"{meta.get('gradcam_target_shape')}, score {meta.get('gradcam_score')}, "
+          f"by {meta.get('gradcam_exporter')}")
 
 
 def _factory_kwargs(pairs: list[str]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Keras 3 model (torch backend, no TensorFlow) -> ONNX with the target layer exposed -> augmented model.
 
 As in the Keras Grad-CAM example, a two-output model `Model(inputs, [layer.output, *outputs])` is
-built; on the torch backend a Keras model is a torch.nn.Module, so it is exported with the
-TorchScript ONNX exporter (dynamic batch, named outputs), and `augment` differentiates back to
-the layer's tensor. Keras's own `model.export(format="onnx")` is not used: it names no outputs and
-fixes the batch size for models it hands to the dynamo exporter. Channels-last activations come
-out of the graph as Transpose(Conv) and are turned back to NCHW by augment.
+built; on the torch backend a Keras model is a torch.nn.Module, so it is exported by torch.onnx
+(TorchScript, or the dynamo exporter for models TorchScript cannot trace, such as those with
+LayerNormalization; dynamic batch, named outputs), and `augment` differentiates back to the
+layer's tensor. Keras's own `model.export(format="onnx")` is not used: it names no outputs and
+fixes the batch size for models it hands to the dynamo exporter. Keras knows the layout of every
+layer's output (`data_format`, channels-last by default) where the graph may not (a Concatenate or
+ZeroPadding2D output is just a 4-D tensor), so it is passed to augment, which exposes NCHW maps.
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ def export_keras(model_or_path: ModelOrPath, target: Union[str, Any] = "auto",
     preprocess: dict or Preprocess recorded in the metadata; size and layout are filled in.
     heatmap: also compute gradcam_heatmap in the graph.
     custom_objects, safe_mode: passed to keras.saving.load_model for files.
+
+    The TorchScript exporter is tried first, the dynamo exporter where it fails (LayerNormalization);
+    the model's `gradcam_exporter` metadata names the one used.
     """
     keras = _import_keras()
     model = _load(keras, model_or_path, custom_objects, safe_mode)
@@ -58,7 +63,7 @@ def export_keras(model_or_path: ModelOrPath, target: Union[str, Any] = "auto",
                           f"{type(error).__name__}: {first_line(error)}") from error
     sample = _sample_input(model, image_input, input_shape)
     activation, scores = _run(two_output, sample)
-    target_info = LayerOutput(layer.name, type(layer).__name__, tuple(activation.shape), _layout(keras, layer))
+    target_info = LayerOutput(layer.name, type(layer).__name__, tuple(activation.shape), _layout(keras, model, layer))
     check_target_output(target_info, "layer", [*_concrete(layers, layer, target_info)])
     if scores.dim() != 2:
         raise ExportError(f"the model's first output has shape {format_shape(scores.shape)}; Grad-CAM needs a "
@@ -66,18 +71,19 @@ def export_keras(model_or_path: ModelOrPath, target: Union[str, Any] = "auto",
 
     input_name = _input_name(image_input)
     output_names = _output_names(model, exclude={input_name, layer.name})
-    from .torch import trace_to_onnx  # a Keras model on the torch backend is a torch.nn.Module
+    from .torch import export_onnx  # a Keras model on the torch backend is a torch.nn.Module
 
     two_output.eval()
-    exported = trace_to_onnx(two_output, sample, input_name, [layer.name, *output_names], dynamic_batch, opset)
+    exported, exporter = export_onnx(two_output, sample, input_name, [layer.name, *output_names], dynamic_batch,
+                                     opset)
     layout = "NHWC" if _image_data_format(keras, model) == "channels_last" else "NCHW"
     size = tuple(sample.shape[1:3]) if layout == "NHWC" else tuple(sample.shape[2:4])
     channels = int(sample.shape[3] if layout == "NHWC" else sample.shape[1])
-    augmented = augment(exported, target=layer.name, heatmap=heatmap,
+    augmented = augment(exported, target=layer.name, target_layout=target_info.layout, heatmap=heatmap,
                         preprocess=preprocess_spec(preprocess, size, channels, layout))
     info = {"framework": "keras", "keras": keras.__version__, "backend": keras.backend.backend(),
             "model": model.name, "target_layer": layer.name, "input_shape": list(sample.shape)}
-    return finish(augmented, layer.name, info, None if path is None else os.fspath(path))
+    return finish(augmented, layer.name, info, exporter, None if path is None else os.fspath(path))
 
 
 def list_keras_targets(model_or_path: ModelOrPath, *, custom_objects: Optional[dict] = None,
@@ -165,7 +171,7 @@ def _layer_outputs(keras, model, tensors: dict[int, Any]) -> list[tuple[LayerOut
             continue
         output = tensors.get(id(layer))
         shape = tuple(output.shape) if output is not None and hasattr(output, "shape") else ()
-        result.append((LayerOutput(layer.name, type(layer).__name__, shape, _layout(keras, layer)), layer))
+        result.append((LayerOutput(layer.name, type(layer).__name__, shape, _layout(keras, model, layer)), layer))
     return result
 
 
@@ -193,8 +199,13 @@ def _graph_tensors(model) -> dict[int, Any]:
     return tensors
 
 
-def _layout(keras, layer) -> str:
-    data_format = getattr(layer, "data_format", None) or keras.config.image_data_format()
+def _layout(keras, model, layer) -> str:
+    """How the layer's 4-D output is laid out: its data_format, else the model's.
+
+    Layers without a data_format (Concatenate, Add, Multiply, LayerNormalization, Activation) keep
+    the layout of the convolutions around them.
+    """
+    data_format = getattr(layer, "data_format", None) or _image_data_format(keras, model)
     return "NCHW" if data_format == "channels_first" else "NHWC"
 
 

@@ -2,14 +2,19 @@
 
 The target module's output is returned as an extra model output (forward hooks) so the
 exporter gives it a known name; `augment` differentiates the graph back to that tensor;
-the extra output is dropped again. The TorchScript exporter (`dynamo=False`) is used: it
-gives plain Conv/Gemm/Flatten graphs and a dynamic batch axis, where the dynamo exporter
-lowers pooling and flattening to Gather-style ops that have no differentiation rule.
+the extra output is dropped again. The TorchScript exporter (`dynamo=False`) is tried first:
+it is fast and gives plain Conv/Gemm/Flatten graphs with a dynamic batch axis. A model it
+cannot export (traced shapes where it needs constants, ops it has no symbolic for) goes
+through the dynamo exporter instead; the model's `gradcam_exporter` metadata says which one
+made it.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import os
+import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -26,6 +31,9 @@ from . import LayerOutput, check_target_output, close_names, finish, first_line,
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
+# The exporters, as recorded in the augmented model's gradcam_exporter metadata.
+TORCHSCRIPT = "torch.onnx.export(dynamo=False)"
+DYNAMO = "torch.onnx.export(dynamo=True)"
 ModuleTarget = Union[str, nn.Module]
 
 
@@ -44,6 +52,9 @@ def export_torch(module: nn.Module, example_input: Any, target: ModuleTarget = "
     preprocess: dict or Preprocess recorded in the metadata, so raw images can be fed; its size and
         layout are filled in from example_input.
     heatmap: also compute gradcam_heatmap in the graph.
+
+    The TorchScript exporter is tried first, the dynamo exporter where it fails; the model's
+    `gradcam_exporter` metadata names the one used.
     """
     example = _example_tensor(module, example_input)
     with _eval_mode(module):
@@ -58,18 +69,15 @@ def export_torch(module: nn.Module, example_input: Any, target: ModuleTarget = "
         target_tensor = None if target_name is None else _tensor_name(target_name)
         output_names = [LOGITS_NAME] + ([target_tensor] if target_tensor else [])
         with _exposed(module, target_name):
-            exported = trace_to_onnx(module, example, INPUT_NAME, output_names, dynamic_batch, opset, hint=(
+            exported, exporter = export_onnx(module, example, INPUT_NAME, output_names, dynamic_batch, opset, hint=(
                 f"Check that the model runs at input size {format_shape(example.shape)} (e.g. AdaptiveAvgPool2d "
                 "exports only when its output size divides its input size, so torchvision VGG needs 224x224)"))
-    if target_tensor is not None and target_tensor not in {o.name for o in exported.graph.output}:
-        raise ExportError(f"the exporter did not keep the output of module {target_name!r} as its own tensor "
-                          "(is it an identity of another tensor?); pick a module that computes something")
     layout, channels, size = _image_geometry(example)
     augmented = augment(exported, target=target_tensor or "auto", heatmap=heatmap,
                         preprocess=preprocess_spec(preprocess, size, channels, layout))
     info = {"framework": "torch", "torch": torch.__version__, "model": type(module).__qualname__,
             "target_module": target_name or "auto", "input_shape": list(example.shape)}
-    return finish(augmented, target_tensor, info, None if path is None else os.fspath(path))
+    return finish(augmented, target_tensor, info, exporter, None if path is None else os.fspath(path))
 
 
 def list_torch_targets(module: nn.Module, example_input: Any) -> list[LayerOutput]:
@@ -275,19 +283,174 @@ def _exposed(module: nn.Module, target_name: Optional[str]) -> Iterator[None]:
         captured.clear()
 
 
-def trace_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
-                  dynamic_batch: bool, opset: Optional[int], hint: str = "") -> onnx.ModelProto:
-    """Export with the TorchScript exporter through a temporary file (large models get external data)."""
+def export_onnx(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+                dynamic_batch: bool, opset: Optional[int], hint: str = "") -> tuple[onnx.ModelProto, str]:
+    """Return (ONNX model, the exporter that made it): TorchScript first, the dynamo exporter where it fails.
+
+    TorchScript comes first: it takes a fraction of a second where dynamo takes seconds, and its graphs
+    are the ones the differentiation rules were built on. Models fail one exporter or the other for
+    their own reasons (TorchScript: rms_norm, antialiased resizing, Keras' LayerNormalization, whose
+    traced shape it needs as a constant; dynamo: branches on tensor values), so the other one is
+    tried. A graph that lost a named output (the exposed target) counts as a failure. Raise
+    ExportError naming both failures when neither works.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    for exporter, export in ((TORCHSCRIPT, _torchscript_export), (DYNAMO, _dynamo_export)):
+        try:
+            with _quiet():
+                model = export(module, example, input_name, output_names, dynamic_batch, opset)
+        except Exception as error:
+            failures.append((exporter, error))
+            continue
+        kept = {output.name for output in model.graph.output}
+        missing = [name for name in output_names if name not in kept]
+        if not missing:
+            return model, exporter
+        failures.append((exporter, ExportError(
+            f"the graph has no output {missing[0]!r} of its own (is it an identity of another tensor? pick a "
+            "module or layer that computes something)")))
+    reasons = "; ".join(f"{exporter} raised {describe_failure(error)}" for exporter, error in failures)
+    raise ExportError(f"neither torch ONNX exporter could export the model: {reasons}. "
+                      + (f"{hint}. " if hint else "")
+                      + "Replace the op named in the messages, or export the model to ONNX yourself and pass "
+                        "the file and the target tensor name to onnx_gradcam.augment") from failures[0][1]
+
+
+def describe_failure(error: BaseException) -> str:
+    """'Type: first line' of an exporter's exception, through the wrappers to the cause that says why.
+
+    The dynamo exporter wraps the real error in a 'step 1/3 failed' banner (TorchExportError,
+    ConversionError) whose own first line names no op and no layer.
+    """
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    via = f"{type(error).__name__} from " if cause is not error else ""
+    return f"{via}{type(cause).__name__}: {first_line(cause)}"
+
+
+def _torchscript_export(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+                        dynamic_batch: bool, opset: Optional[int]) -> onnx.ModelProto:
+    """The TorchScript exporter, through a temporary file (large models get external data)."""
     dynamic_axes = {name: {0: "batch"} for name in [input_name, *output_names]} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="onnx-gradcam-export-") as folder:
         file = os.path.join(folder, "model.onnx")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript exporter's deprecation notice
-            try:
-                torch.onnx.export(module, (example,), file, dynamo=False, input_names=[input_name],
-                                  output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
-                                  do_constant_folding=True)
-            except Exception as error:
-                raise ExportError(f"torch.onnx.export failed: {type(error).__name__}: {first_line(error)}"
-                                  + (f". {hint}" if hint else "")) from error
+        with _stdout_descriptor_silenced():
+            torch.onnx.export(module, (example,), file, dynamo=False, input_names=[input_name],
+                              output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset,
+                              do_constant_folding=True)
         return onnx.load(file)
+
+
+def _dynamo_export(module: nn.Module, example: torch.Tensor, input_name: str, output_names: list[str],
+                   dynamic_batch: bool, opset: Optional[int]) -> onnx.ModelProto:
+    """The torch.export-based exporter, on a one-input wrapper so the batch axis can be declared dynamic."""
+    wrapper = _ImageInput(module).eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        # torch.export specializes a dimension of size 1 to a constant, so the example gets two images.
+        example = torch.cat([example, example]) if example.shape[0] == 1 else example
+        dynamic_shapes = ({0: torch.export.Dim("batch")},)
+    program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                opset_version=opset, verbose=False)
+    model = program.model_proto
+    graph = model.graph
+    if len(graph.output) != len(output_names):
+        raise ExportError(f"the exported graph has {len(graph.output)} outputs, {len(output_names)} were expected "
+                          f"({', '.join(output_names)})")
+    _name_values(graph, input_name, output_names)
+    return model
+
+
+def _name_values(graph: onnx.GraphProto, input_name: str, output_names: list[str]) -> None:
+    """Name the graph's input and outputs, moving aside inner values that already have those names.
+
+    The dynamo exporter names values after the ops that make them (conv2d_1, relu), which are Keras'
+    default layer names too, and its own output_names renaming leaves two values with one name. An
+    output that is the same value as an earlier one gets an Identity copy.
+    """
+    wanted = {input_name, *output_names}
+    taken = {value.name for value in [*graph.input, *graph.initializer]}
+    taken |= {name for node in graph.node for name in node.output}
+    for name in sorted(taken & wanted):
+        fresh = _fresh(name, taken | wanted)
+        _rename_value(graph, name, fresh)
+        taken.add(fresh)
+    _rename_value(graph, graph.input[0].name, input_name)
+    named: set[str] = set()
+    for output, name in zip(graph.output, output_names):
+        if output.name in named:  # renamed already, as an earlier output
+            graph.node.append(onnx.helper.make_node("Identity", [output.name], [name], name=f"{name}/copy"))
+            output.name = name
+        else:
+            _rename_value(graph, output.name, name)
+        named.add(name)
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if value.name == old:
+            value.name = new
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    number = 1
+    while f"{name}__{number}" in taken:
+        number += 1
+    return f"{name}__{number}"
+
+
+class _ImageInput(nn.Module):
+    """module behind forward(image): Keras models take *args, which dynamic_shapes cannot describe."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, image: torch.Tensor) -> Any:
+        return self.module(image)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep an export off the console: the TorchScript exporter's deprecation notices and tracer
+    warnings, and what the exporters print or log when they fail (whole graphs, tens of lines)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        # Raised inside torch.onnx: its deprecations, "Constant folding ... not applied" notices.
+        warnings.filterwarnings("ignore", module=r"torch\.onnx\.")
+        # torch's log handlers write to the current sys.stderr, so the redirect silences them too.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+
+
+@contextmanager
+def _stdout_descriptor_silenced() -> Iterator[None]:
+    """Point file descriptor 1 at os.devnull for the duration.
+
+    torch.onnx's TorchScript exporter switches its C++ ONNX log on (setup_onnx_logging tests the
+    function `_jit_is_onnx_log_enabled`, always true, instead of calling it), and that log prints the
+    whole TorchScript graph to the process's stdout, past sys.stdout, when an export fails.
+    """
+    try:
+        saved: Optional[int] = os.dup(1)
+    except OSError:  # no stdout descriptor at all: nothing to protect
+        saved = None
+    if saved is None:
+        yield
+        return
+    if sys.__stdout__ is not None:
+        sys.__stdout__.flush()  # what Python wrote before still reaches the console
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import OpsetTooLowError
+
 Dim = Optional[object]  # int, a symbolic name (str), or None when unknown
 
 
@@ -54,6 +56,15 @@ class GraphBuilder:
             self.shapes[info.name] = [
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                 for d in tensor_type.shape.dim]
+
+    def note_shape(self, tensor: str, shape: Sequence[Dim], dtype: int | None = None) -> None:
+        """Remember the shape (and type) a rule knows for a tensor it built, for later helpers to read.
+
+        Unlike declare_like, nothing is written into the model: the shape may hold unknown dims.
+        """
+        self.shapes[tensor] = list(shape)
+        if dtype is not None:
+            self.dtypes[tensor] = dtype
 
     def declare_like(self, tensor: str, like: str) -> None:
         """Declare that new tensor has the shape and type of like (a gradient has its tensor's shape).
@@ -119,6 +130,24 @@ class GraphBuilder:
             self._shape_of[tensor] = self.op("Shape", tensor, hint="shape")
         return self._shape_of[tensor]
 
+    def static_dims(self, tensor: str, axes: Optional[Sequence[int]] = None) -> Optional[list[int]]:
+        """The dims of tensor (on axes, when given) if all are known and non-negative, else None."""
+        shape = self.shapes.get(tensor)
+        if shape is None:
+            return None
+        try:
+            dims = list(shape) if axes is None else [shape[axis] for axis in axes]
+        except IndexError:
+            return None
+        return dims if all(isinstance(d, int) and d >= 0 for d in dims) else None
+
+    def dims(self, tensor: str, axes: Sequence[int]) -> str:
+        """1-D int64 tensor of tensor's dims on axes: a constant when they are known, else read from its Shape."""
+        known = self.static_dims(tensor, axes)
+        if known is not None:
+            return self.const(known, np.int64)
+        return self.op("Gather", self.shape(tensor), self.const(list(axes), np.int64), axis=0)
+
     def per_image_dims(self, tensor: str) -> Optional[list[int]]:
         """The dims after the batch axis when all are known and positive, else None."""
         dims = self.shapes.get(tensor)
@@ -164,6 +193,29 @@ class GraphBuilder:
         low = np.iinfo(np.int64).min
         return self.op("Slice", tensor, self.const([-1] * len(axes), np.int64), self.const([low] * len(axes), np.int64),
                        self.const(list(axes), np.int64), self.const([-1] * len(axes), np.int64))
+
+    def pad(self, tensor: str, pads: str | Sequence[int], axes: str = "") -> str:
+        """Constant zero padding by pads ([begins..., ends...], a tensor or ints); negative pads crop.
+
+        Pads given as a tensor (computed at run time) need opset >= 11, as do negative pads.
+        """
+        if self.opset < 11:
+            if isinstance(pads, str):
+                raise OpsetTooLowError("padding by amounts computed at run time needs opset >= 11", needed=11)
+            return self.op("Pad", tensor, pads=[int(p) for p in pads])
+        if not isinstance(pads, str):
+            pads = self.const([int(p) for p in pads], np.int64)
+        return self.op("Pad", tensor, pads, *(["", axes] if axes else []))
+
+    def at_least(self, tensor: str, low: int) -> str:
+        """Elementwise max(tensor, low) of an int64 tensor (integer Max needs opset 12)."""
+        bound = self.const(low, np.int64)
+        return self.op("Where", self.op("Less", tensor, bound), bound, tensor)
+
+    def at_most(self, tensor: str, high: str | int) -> str:
+        """Elementwise min(tensor, high) of int64 tensors (high broadcasts)."""
+        bound = high if isinstance(high, str) else self.const(high, np.int64)
+        return self.op("Where", self.op("Greater", tensor, bound), bound, tensor)
 
     def cast(self, tensor: str, to: int) -> str:
         return self.op("Cast", tensor, to=to)

@@ -1,6 +1,8 @@
 """Shared helpers of the export tests: run the exported model, compare it with framework autograd."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,17 @@ def assert_matches_autograd(outputs: dict, activation: np.ndarray, gradient: np.
         np.testing.assert_allclose(outputs["gradcam_heatmap"], reference, rtol=0, atol=HEATMAP_TOLERANCE)
     from_framework = heatmaps(activation, gradient, size=image_size)
     np.testing.assert_allclose(reference, from_framework, rtol=0, atol=1e-3)
+
+
+def exporter_noise(recwarn, capfd) -> list[str]:
+    """What the exporters printed or warned: output, warnings raised inside torch, tracer warnings
+    (raised in the traced model's code), the deprecation notice of the TorchScript exporter."""
+    printed = [text for text in capfd.readouterr() if text]
+    warned = [f"{w.category.__name__}: {w.message}" for w in recwarn if _from_exporter(w)]
+    return printed + warned
+
+
+def _from_exporter(warning) -> bool:
+    path = Path(warning.filename).as_posix()
+    inside_torch = "/torch/" in path and "/keras/" not in path  # keras' own torch backend is not torch
+    return inside_torch or warning.category.__name__ == "TracerWarning" or "ONNX export" in str(warning.message)

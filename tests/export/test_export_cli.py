@@ -109,7 +109,8 @@ def test_export_keras_file(tmp_path, capsys):
     assert run_cli("keras", path, "--target", "conv", "-o", out) == 0
     assert metadata(out)["gradcam_target"] == "conv"
     assert run_cli("keras", path, "--list-targets") == 0
-    assert "conv" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "by torch.onnx.export(dynamo=False)" in printed and "conv" in printed
 
 
 def test_main_cli_routes_export_and_reports_errors(tmp_path, capsys):

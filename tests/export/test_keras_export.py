@@ -23,8 +23,9 @@ if keras.backend.backend() != "torch":
 from onnx_gradcam.cam.reference import heatmaps  # noqa: E402
 from onnx_gradcam.errors import ExportError, TargetNotFoundError  # noqa: E402
 from onnx_gradcam.export.keras import export_keras, list_keras_targets  # noqa: E402
+from onnx_gradcam.export.torch import DYNAMO, TORCHSCRIPT  # noqa: E402
 
-from export_oracle import assert_matches_autograd, chosen_classes, run_augmented  # noqa: E402
+from export_oracle import assert_matches_autograd, chosen_classes, exporter_noise, run_augmented  # noqa: E402
 
 
 def mnist_convnet(seed: int = 0) -> "keras.Model":
@@ -57,7 +58,12 @@ def autograd_at(model, layer_name: str, images: np.ndarray, target_class) -> tup
 
 
 def check_tutorial_model(model, layer_name: str, images: np.ndarray, target_class, **options) -> dict:
-    exported = export_keras(model, layer_name, heatmap=True, **options)
+    return check_export(export_keras(model, layer_name, heatmap=True, **options), model, layer_name, images,
+                        target_class)
+
+
+def check_export(exported, model, layer_name: str, images: np.ndarray, target_class) -> dict:
+    """Run the exported model on images, compare with autograd at the layer; return the outputs."""
     outputs = run_augmented(exported, images, target_class)
     activation, gradient, logits = autograd_at(model, layer_name, images, target_class)
     np.testing.assert_allclose(outputs["gradcam_logits"], logits, rtol=1e-4, atol=1e-4)
@@ -154,6 +160,74 @@ def test_functional_model_with_unfixed_input_size_needs_input_shape():
     exported = export_keras(model, "features", input_shape=(16, 16, 3))
     assert exported.graph.input[0].name == "image"
     assert run_augmented(exported, np.ones((2, 16, 16, 3)), [-1, 1])["gradcam_gradient"].shape == (2, 4, 14, 14)
+
+
+def convnext_stem_model(seed: int = 0) -> "keras.Model":
+    """ConvNeXt's stem (patchify conv, LayerNormalization over channels), a conv, a linear head.
+
+    Keras' LayerNormalization reads the channel count from ops.shape(x) at run time, which the
+    TorchScript exporter traces as a tensor where torch's layer_norm needs a constant
+    (SymbolicValueError); the dynamo exporter takes it. The layers keep Keras' default names
+    (conv2d_1), which the dynamo exporter also gives the values its ops make.
+    """
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((12, 8, 3), name="image")
+    stem = keras.layers.Conv2D(8, 2, strides=2)(inputs)
+    normalized = keras.layers.LayerNormalization(epsilon=1e-6)(stem)
+    features = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(normalized)
+    return keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(features)))
+
+
+def test_model_torchscript_cannot_export_goes_through_dynamo_and_equals_torch_autograd(recwarn, capfd):
+    model = convnext_stem_model()
+    exported = export_keras(model, "conv2d_1", heatmap=True)
+    assert {p.key: p.value for p in exported.metadata_props}["gradcam_exporter"] == DYNAMO
+    images = np.random.default_rng(3).random((2, 12, 8, 3), dtype=np.float32)
+    outputs = check_export(exported, model, "conv2d_1", images, [-1, 2])
+    assert outputs["gradcam_gradient"].shape == (2, 6, 6, 4)
+    assert exporter_noise(recwarn, capfd) == []  # the failed TorchScript attempt stayed quiet
+
+
+class ChannelShuffle(keras.layers.Layer):
+    """ShuffleNet's channel shuffle: interleave the channels of `groups` groups, sizes read at run time.
+
+    Reshape to 5-D, Transpose, Reshape back: nothing in the ONNX graph says which axis of the result
+    holds the channels, only Keras (channels_last) knows.
+    """
+
+    def __init__(self, groups: int, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        grouped = keras.ops.reshape(x, (-1, shape[1], shape[2], self.groups, shape[3] // self.groups))
+        return keras.ops.reshape(keras.ops.transpose(grouped, (0, 1, 2, 4, 3)), (-1, shape[1], shape[2], shape[3]))
+
+
+def shufflenet_unit_model(seed: int = 0) -> "keras.Model":
+    """Conv, channel shuffle, pointwise conv, linear head; any image size (input (None, None, 3))."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3), name="image")
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    shuffled = ChannelShuffle(2, name="shuffled")(features)
+    pointwise = keras.layers.Conv2D(6, 1, activation="relu", name="pointwise")(shuffled)
+    outputs = keras.layers.Dense(4, name="predictions")(keras.layers.GlobalAveragePooling2D()(pointwise))
+    return keras.Model(inputs, outputs)
+
+
+def test_channels_last_target_of_unknown_graph_layout_is_exposed_nchw_equal_to_torch_autograd():
+    """The layout comes from Keras (channels_last), not from the graph or the sizes: 10x6 maps of 8 channels."""
+    model = shufflenet_unit_model()
+    assert tuple(model.get_layer("shuffled").output.shape) == (None, None, None, 8)  # symbolic h, w
+    exported = export_keras(model, "shuffled", input_shape=(10, 6, 3), heatmap=True)
+    images = np.random.default_rng(4).random((2, 10, 6, 3), dtype=np.float32)
+    outputs = check_export(exported, model, "shuffled", images, [1, -1])
+    assert outputs["gradcam_activation"].shape == outputs["gradcam_gradient"].shape == (2, 8, 10, 6)
+    metadata = {p.key: p.value for p in exported.metadata_props}
+    assert metadata["gradcam_target_layout"] == "NHWC" and metadata["gradcam_exporter"] == TORCHSCRIPT
 
 
 # ---------------------------------------------------------------- clear errors

@@ -16,11 +16,11 @@ torchvision = pytest.importorskip("torchvision")
 from torch import nn  # noqa: E402
 
 from onnx_gradcam.errors import ExportError, TargetNotFoundError  # noqa: E402
-from onnx_gradcam.export.torch import export_torch, list_torch_targets  # noqa: E402
+from onnx_gradcam.export.torch import DYNAMO, TORCHSCRIPT, export_torch, list_torch_targets  # noqa: E402
 from onnx_gradcam.graph.rules import RULES  # noqa: E402
 from tools.build_demo_model import cifar_cnn  # noqa: E402
 
-from export_oracle import assert_matches_autograd, chosen_classes, run_augmented  # noqa: E402
+from export_oracle import assert_matches_autograd, chosen_classes, exporter_noise, run_augmented  # noqa: E402
 
 
 def autograd_at(model: nn.Module, module: nn.Module, images: torch.Tensor, target_class) -> tuple:
@@ -45,7 +45,13 @@ def autograd_at(model: nn.Module, module: nn.Module, images: torch.Tensor, targe
 
 def check_tutorial_model(model: nn.Module, target: str, images: torch.Tensor, target_class) -> dict:
     """Export at target with one image, run a batch, compare with autograd; return the outputs."""
-    exported = export_torch(model, images[:1], target=target, heatmap=True)
+    return check_export(export_torch(model, images[:1], target=target, heatmap=True), model, target, images,
+                        target_class)
+
+
+def check_export(exported: onnx.ModelProto, model: nn.Module, target: str, images: torch.Tensor,
+                 target_class) -> dict:
+    """Run the exported model on a batch, compare with autograd at target; return the outputs."""
     outputs = run_augmented(exported, images.numpy(), target_class)
     activation, gradient, logits = autograd_at(model, model.get_submodule(target), images, target_class)
     np.testing.assert_allclose(outputs["logits"], logits, rtol=1e-4, atol=1e-4)
@@ -109,6 +115,61 @@ def test_target_followed_by_in_place_ops_exposes_the_module_output():
     assert outputs["gradcam_activation"].min() < 0  # before the in-place ReLU
 
 
+class ChannelRMSNormNet(nn.Module):
+    """Conv stem, RMSNorm over channels (channels-last, as in ConvNeXt-style blocks), conv, linear head.
+
+    The TorchScript exporter has no symbolic for aten::rms_norm; the dynamo exporter has one.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.RMSNorm(8)
+        self.conv = nn.Conv2d(8, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = self.norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class CumulativeMaxNet(nn.Module):
+    """A running maximum along the width: aten::cummax has no ONNX export in either exporter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(torch.cummax(x, dim=3).values).mean(dim=(2, 3)))
+
+
+def test_model_torchscript_cannot_export_goes_through_dynamo_and_equals_torch_autograd(recwarn, capfd):
+    torch.manual_seed(0)
+    model = ChannelRMSNormNet()
+    images = torch.randn(2, 3, 10, 8)
+    exported = export_torch(model, images[:1], target="conv", heatmap=True)
+    outputs = check_export(exported, model, "conv", images, [-1, 3])
+    assert outputs["gradcam_gradient"].shape == (2, 6, 10, 8)
+    assert _metadata(exported)["gradcam_exporter"] == DYNAMO == "torch.onnx.export(dynamo=True)"
+    assert exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch stays dynamic
+    assert exporter_noise(recwarn, capfd) == []  # the failed TorchScript attempt stayed quiet
+
+
+def test_model_neither_exporter_can_export_names_both_failures(recwarn, capfd):
+    with pytest.raises(ExportError) as error:
+        export_torch(CumulativeMaxNet(), torch.zeros(1, 3, 8, 8), target="conv")
+    message = str(error.value)
+    torchscript, dynamo = message.split("; torch.onnx.export(dynamo=True)")
+    assert "torch.onnx.export(dynamo=False) raised UnsupportedOperatorError: " in torchscript
+    assert "aten::cummax" in torchscript and "aten.cummax" in dynamo
+    assert dynamo.startswith(" raised ConversionError from DispatchError: ")
+    assert "\x1b[" not in message and "onnx_gradcam.augment" in message  # plain text, with a way out
+    assert exporter_noise(recwarn, capfd) == []  # no graph dumps, no deprecation notices
+
+
 def test_auto_target_and_module_object_target_match_named_target():
     torch.manual_seed(0)
     model = cifar_cnn()
@@ -139,6 +200,7 @@ def test_export_saves_file_with_metadata_and_dynamic_batch(tmp_path):
     assert preprocess["size"] == [32, 32] and preprocess["layout"] == "NCHW" and preprocess["mean"] == [0.5] * 3
     export_info = json.loads(metadata["gradcam_export"])
     assert export_info["framework"] == "torch" and export_info["target_module"] == "conv3"
+    assert metadata["gradcam_exporter"] == TORCHSCRIPT == "torch.onnx.export(dynamo=False)"
     outputs = run_augmented(loaded, np.random.default_rng(0).normal(size=(5, 3, 32, 32)), [-1] * 5)
     assert outputs["gradcam_gradient"].shape == (5, 64, 7, 7)
     assert model.training  # the caller's mode is restored

@@ -191,7 +191,7 @@ def test_image_flattened_straight_into_an_mlp_raises_target_not_found():
         onnx_gradcam.augment(model, target="image")
 
 
-@pytest.mark.parametrize("op_type, domain", [("Erf", ""), ("FancyActivation", "com.example")])
+@pytest.mark.parametrize("op_type, domain", [("Acosh", ""), ("FancyActivation", "com.example")])
 def test_op_without_rule_on_the_path_raises_unsupported_op_naming_op_and_node(op_type, domain):
     nodes = CNN_BODY + [helper.make_node(op_type, ["relu2"], ["activated"], name="the_unruly_node", domain=domain),
                         helper.make_node("GlobalAveragePool", ["activated"], ["gap"], name="gap")] + CNN_HEAD[1:]
@@ -205,8 +205,8 @@ def test_op_without_rule_on_the_path_raises_unsupported_op_naming_op_and_node(op
 
 
 def test_op_without_rule_off_the_path_is_fine():
-    # Erf on a branch that does not lead from the target to the score needs no rule.
-    side = [helper.make_node("Erf", ["relu1"], ["side"], name="side_erf")]
+    # Acosh on a branch that does not lead from the target to the score needs no rule.
+    side = [helper.make_node("Acosh", ["relu1"], ["side"], name="side_acosh")]
     onnx_gradcam.augment(cnn(side), target="relu2")
 
 
@@ -363,7 +363,7 @@ def test_saved_augmented_model_loads_from_path(tmp_path):
 
 
 def _numpy_heatmaps(activation: np.ndarray, gradient: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The Grad-CAM contract of DESIGN.md with cv2 INTER_LINEAR (half-pixel centres) as the resize."""
+    """The Grad-CAM contract of docs/design.md with cv2 INTER_LINEAR (half-pixel centres) as the resize."""
     cv2 = pytest.importorskip("cv2")
     weights = gradient.mean(axis=(2, 3))
     cams = np.maximum(np.einsum("nk,nkhw->nhw", weights, activation), 0)

@@ -103,8 +103,9 @@ case("Add", "broadcast_operand_needs_gradient", [GAP, node("Add", ["t", "g"], ["
      lambda t, w: t + _gap(t))
 case("Add", "broadcast_operand_first", [GAP, node("Add", ["g", "t"], ["y"])],
      lambda t, w: _gap(t) + t, opset=11)
-case("Add", "shapes_unknown_at_build_time", HIDE_SHAPE + [node("Add", ["g_unknown", "t"], ["y"])],
-     lambda t, w: _gap(t) + t, opset=17)
+for _opset in (11, 17):  # opset 11: converted to 13 for ReduceSum's run-time axes
+    case("Add", "shapes_unknown_at_build_time", HIDE_SHAPE + [node("Add", ["g_unknown", "t"], ["y"])],
+         lambda t, w: _gap(t) + t, opset=_opset)
 
 case("Sum", "three_inputs_broadcast", [GAP, node("Sum", ["t", "g", "b"], ["y"])],
      lambda t, w: t + _gap(t) + w["b"], init={"b": rand(3, 1, 1)})
@@ -459,6 +460,12 @@ MAX_POOLS = [
 for _pool, _opset in MAX_POOLS:
     case("MaxPool", _pool.name(), [node("MaxPool", ["t"], ["y"], **_pool.attributes())],
          lambda t, w, p=_pool: _torch_pool(t, p, "max"), shape=(2,) + _pool.size, opset=_opset)
+# Overlapping windows sum their gradients with ScatterElements(reduction="add") from opset 16: an older
+# model is converted to opset 16 first.
+for _opset in (11, 13, 15):
+    _pool = MAX_POOLS[0][0]
+    case("MaxPool", f"{_pool.name()}_converted_to_opset16", [node("MaxPool", ["t"], ["y"], **_pool.attributes())],
+         lambda t, w, p=_pool: _torch_pool(t, p, "max"), shape=(2,) + _pool.size, opset=_opset)
 TO_1D = node("Reshape", ["t", "shape"], ["t1d"])
 case("AveragePool", "1d_k3_s2_p1_count_include_pad0",
      [TO_1D, node("AveragePool", ["t1d"], ["y"], kernel_shape=[3], strides=[2], pads=[1, 1])],
@@ -763,9 +770,6 @@ def refusal(variant: str, nodes: list[onnx.NodeProto], match: str, **kwargs):
 
 
 REFUSALS = [
-    *(refusal("overlapping_windows", [node("MaxPool", ["t"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
-                                           pads=[1, 1, 1, 1])], r"MaxPool .*overlapping.*opset >= 16",
-              opset=opset, shape=(3, 7, 7)) for opset in (11, 13, 15)),
     refusal("storage_order", [node("MaxPool", ["t"], ["y"], kernel_shape=[2, 2], strides=[2, 2], storage_order=1)],
             "storage_order"),
     refusal("training_mode", [node("BatchNormalization", ["t", "scale", "bias", "mean", "var"],
@@ -778,15 +782,6 @@ REFUSALS = [
             "weights computed in the graph", init={"weight_shape": ints(-1, 3, 3, 3)}, shape=(3, 3, 3)),
     refusal("reflect", [node("Pad", ["t", "pads"], ["y"], mode="reflect")], "only constant padding",
             init={"pads": ints(0, 0, 1, 1, 0, 0, 1, 1)}),
-    refusal("axes_input", [node("Pad", ["t", "pads", "", "axes"], ["y"])], "only constant padding",
-            init={"pads": ints(1, 1, 1, 1), "axes": ints(2, 3)}, opset=18),
-    refusal("cropping", [node("Pad", ["t", "pads"], ["y"])], "negative pads",
-            init={"pads": ints(0, 0, 1, -1, 0, 0, 0, -1)}),
-    refusal("step2", [node("Slice", ["t", "starts", "ends", "axes", "steps"], ["y"])], "step 1",
-            init={"starts": ints(0), "ends": ints(6), "axes": ints(3), "steps": ints(2)}),
-    refusal("computed_starts", [node("Shape", ["t"], ["t_shape"]), node("Slice", ["t_shape", "one", "two"], ["c"]),
-                                node("Sub", ["c", "one"], ["starts"]), node("Slice", ["t", "starts", "six"], ["y"])],
-            "static starts", init={"one": ints(1), "two": ints(2), "six": ints(6)}),
 ]
 
 
@@ -796,14 +791,50 @@ def test_rule_refuses_with_unsupported_op_error(test_case: Case, match: str):
         onnx_gradcam.augment(_refusal_model(test_case), target="t")
 
 
-def test_unknown_broadcast_before_opset13_raises_unsupported_op():
+def test_older_opset_is_converted_when_a_rule_needs_newer_ops_and_outputs_stay_identical():
+    """A broadcast of unknown shape at opset 11 needs ReduceSum with run-time axes (opset 13)."""
     test_case = Case("Add", "unknown", HIDE_SHAPE + [node("Add", ["g_unknown", "t"], ["y"])], lambda t, w: t,
                      opset=11)
     rng = np.random.default_rng(_seed(test_case.id))
     model = build_model(test_case, rng.standard_normal((3 * 6 * 6, CLASSES)).astype(np.float32),
                         rng.standard_normal(CLASSES).astype(np.float32))
-    with pytest.raises(UnsupportedOpError, match="broadcast"):
-        onnx_gradcam.augment(model, target="t")
+    augmented = onnx_gradcam.augment(model, target="t")
+    assert {p.key: p.value for p in augmented.metadata_props}["gradcam_opset"] == "13"
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    (plain,) = run(model, {"x": x}, ["logits"])
+    (logits,) = run(augmented, {"x": x, "gradcam_target_class": TARGET_CLASS}, ["logits"])
+    np.testing.assert_array_equal(logits, plain)
+
+
+def _asymmetric_linear(size: int, scale: int) -> torch.Tensor:
+    """[size*scale, size] float64 weights of Upsample's linear sampling at x_in = x_out / scale (edge clamped)."""
+    position = np.arange(size * scale) / scale
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, size - 1)
+    weights = np.zeros((size * scale, size))
+    np.add.at(weights, (np.arange(size * scale), low), 1 - (position - low))
+    np.add.at(weights, (np.arange(size * scale), high), position - low)
+    return torch.from_numpy(weights)
+
+
+def test_opset9_upsample_is_converted_to_an_equal_resize_and_differentiated():
+    """The version converter writes Resize-11 with half-pixel sampling; augment restores Upsample's."""
+    test_case = Case("Upsample", "converted", [node("Upsample", ["t", "scales"], ["y"], mode="linear")],
+                     lambda t, w: torch.einsum("oh,nchw,pw->ncop", _asymmetric_linear(6, 2), t,
+                                               _asymmetric_linear(6, 3)),
+                     init={"scales": np.array([1, 1, 2, 3], np.float32)}, opset=9)
+    rng = np.random.default_rng(_seed(test_case.id))
+    head_weight = rng.standard_normal((3 * 12 * 18, CLASSES)).astype(np.float32)
+    head_bias = rng.standard_normal(CLASSES).astype(np.float32)
+    model = build_model(test_case, head_weight, head_bias)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    augmented = onnx_gradcam.augment(model, target="t")
+    (plain,) = run(model, {"x": x}, ["logits"])
+    logits, gradient = run(augmented, {"x": x, "gradcam_target_class": TARGET_CLASS}, ["logits", "gradcam_gradient"])
+    np.testing.assert_array_equal(logits, plain)
+    logits_expected, _, expected = torch_oracle(test_case, x, head_weight, head_bias, TARGET_CLASS)
+    assert _max_relative_error(plain, logits_expected) <= FORWARD_TOLERANCE
+    assert _max_relative_error(gradient, expected) <= GRADIENT_TOLERANCE
 
 
 # ---------------------------------------------------------------- guided backpropagation through Relu

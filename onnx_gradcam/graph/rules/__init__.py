@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .registry import (GUIDED_RULES, RULES, Grads, Rule, RuleTable, differentiate, is_differentiable,
                        keeps_layout, rule)
-from . import conv_pool, elementwise, linalg, normalization, reduction, shape  # noqa: F401,E402 - registers
+from . import (conv_pool, elementwise, indexing, linalg, normalization, reduction,  # noqa: F401,E402 - registers
+               resample, shape)
 
 __all__ = ["RULES", "GUIDED_RULES", "Grads", "Rule", "RuleTable", "differentiate", "is_differentiable",
            "keeps_layout", "rule"]

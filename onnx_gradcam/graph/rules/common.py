@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from ...errors import UnsupportedOpError
+from ...errors import OpsetTooLowError, UnsupportedOpError
 from ..builder import GraphBuilder
 
 
@@ -44,13 +44,16 @@ def unbroadcast(b: GraphBuilder, grad: str, operand: str, result: str) -> str:
                 return grad
             return b.reshape_like(b.reduce("ReduceSum", grad, axes, keepdims=1), operand)
     if b.opset < 13:
-        raise UnsupportedOpError(f"cannot tell how {operand!r} was broadcast to {result!r} "
-                                 "(shapes unknown at opset < 13); give the model static shapes")
+        raise OpsetTooLowError(f"cannot tell how {operand!r} was broadcast to {result!r}: shapes unknown "
+                               "and ReduceSum takes run-time axes only from opset 13", needed=13)
     rank = len(result_shape) if result_shape is not None else b.rank(grad)
-    if rank is None:
-        raise UnsupportedOpError(f"rank of {result!r} is unknown; run onnx shape inference first")
-    padded = b.op("Concat", b.const(np.ones(rank, np.int64)), b.shape(operand), axis=0)
-    padded = b.op("Slice", padded, b.op("Sub", b.op("Size", padded), b.const([rank], np.int64)),
+    if rank is not None:
+        ones, rank_vector = b.const(np.ones(rank, np.int64)), b.const([rank], np.int64)
+    else:  # the rank too is known only at run time
+        rank_vector = b.op("Shape", b.shape(grad))
+        ones = b.op("ConstantOfShape", rank_vector, value=numpy_helper.from_array(np.ones(1, np.int64)))
+    padded = b.op("Concat", ones, b.shape(operand), axis=0)
+    padded = b.op("Slice", padded, b.op("Sub", b.op("Size", padded), rank_vector),
                   b.const([np.iinfo(np.int64).max], np.int64))
     broadcast = b.op("Not", b.op("Equal", padded, b.shape(grad)))
     axes = b.op("Reshape", b.op("NonZero", broadcast), b.const([-1], np.int64))
