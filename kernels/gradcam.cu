@@ -1,6 +1,6 @@
 // Fused Grad-CAM heatmaps: channel weights, weighted sum, ReLU, min-max, bilinear resize,
 // min-max again and (optionally) JET overlay for a whole batch in one launch.
-// The contract is DESIGN.md "Heatmap contract"; onnx_gradcam/cam/reference.py is its NumPy twin.
+// The contract is docs/design.md "Heatmap contract"; onnx_gradcam/cam/reference.py is its NumPy twin.
 //
 // Grid (N, S): block (n, s) sums channels of slice s of image n. With S > 1 the slices
 // publish partial maps to a workspace and the last block of each image to arrive

@@ -1,4 +1,4 @@
-// Per-element math of the heatmap contract (DESIGN.md, "Heatmap contract").
+// Per-element math of the heatmap contract (docs/design.md, "Heatmap contract").
 //
 // Shared by the CUDA kernel (gradcam.cu) and by a host harness that g++ compiles
 // in the tests, so every function here is plain C++ that also builds without CUDA.

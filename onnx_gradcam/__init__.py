@@ -1,4 +1,4 @@
-"""onnx-gradcam: Grad-CAM heatmaps for any ONNX image classifier, on ONNX Runtime."""
+"""onnx-gradcam: Grad-CAM heatmaps for ONNX vision models (classifiers, detectors, segmenters, embeddings)."""
 from ._version import __version__
 
 from .errors import (ExportError, GradCamError, ImageReadError, InputError,  # noqa: E402
@@ -9,9 +9,11 @@ from .preprocess import Preprocess  # noqa: E402
 from .render import overlay  # noqa: E402
 from .explainer import Explainer, Explanation  # noqa: E402
 from .cam import METHODS  # noqa: E402  (every CAM method, from the registry)
+from . import detect, targets, tasks  # noqa: E402  (boxes, masks, embeddings: targets -> seeds, end to end)
 
 __all__ = ["augment", "list_targets", "TargetInfo", "Explainer", "Explanation", "Preprocess", "overlay",
-           "METHODS", "GradCamError", "ImageReadError", "InputError", "ModelLoadError", "NotAugmentedError",
+           "METHODS", "detect", "targets", "tasks",
+           "GradCamError", "ImageReadError", "InputError", "ModelLoadError", "NotAugmentedError",
            "ScoreNotFoundError", "TargetNotFoundError", "UnsupportedOpError", "ExportError", "__version__"]
 
 

@@ -23,8 +23,8 @@ from onnx_gradcam.errors import InputError
 from onnx_gradcam.targets import (ANCHORS_OBJ, LAYOUTS, XYWH_CLASSES, Detection, _anchors_classes,
                                   _class_offset, resolve_layout)
 
-__all__ = ["Detections", "decode", "detection_targets", "stack_seeds", "resolve_layout", "XYWH_CLASSES",
-           "ANCHORS_OBJ", "LAYOUTS"]
+__all__ = ["Detections", "decode", "detection_targets", "scale_boxes", "stack_seeds", "resolve_layout",
+           "XYWH_CLASSES", "ANCHORS_OBJ", "LAYOUTS"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +108,21 @@ def stack_seeds(
     else:
         seeds[rows, box_anchors, _class_offset(layout) + box_classes] = 1
     return image_index, seeds
+
+
+def scale_boxes(boxes: np.ndarray, from_size: Sequence[int], to_size: Sequence[int]) -> np.ndarray:
+    """Return float32 x1, y1, x2, y2 boxes [M, 4] in from_size=(H, W) pixels mapped to to_size=(H, W) pixels.
+
+    Preprocess resizes an image to the model input by stretching it, so a box on the model input maps
+    back to the original image by the two axes' ratios.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    from_height, from_width = (int(side) for side in from_size)
+    to_height, to_width = (int(side) for side in to_size)
+    if min(from_height, from_width, to_height, to_width) <= 0:
+        raise InputError(f"sizes must be positive (H, W) pairs, got {tuple(from_size)} and {tuple(to_size)}")
+    factors = np.array([to_width / from_width, to_height / from_height] * 2, np.float32)
+    return boxes * factors
 
 
 def _decode_image(

@@ -1,32 +1,43 @@
 """The user-facing Explainer: images in, heatmaps, classes and scores out."""
 from __future__ import annotations
 
+import contextlib
+import json
+import operator
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .cam import attribution, reference
+from .cam import attribution, gradient_free, reference
 from .cam.methods import Family, Method, get_method, normalize_method
 from .errors import InputError, NotAugmentedError
 from .graph.augment import (ACTIVATION, CLASS, GRADIENT, GUIDED_GRADIENT, INPUT_GRADIENT, LOGITS,
-                            SCORE, TARGET_CLASS, augmented_metadata)
+                            SCORE, SEED, TARGET_CLASS, augmented_metadata, numbered)
 from .graph.io import ModelLike, load_model
 from .graph.prune import keep_outputs
 from .prepare import prepare_model, require_outputs
 from .preprocess import Preprocess
 from .render import read_image
 from .runtime import Session, parse_device, providers_for
+from .targets import Class, Target, seeds_for
 
 ImageInput = Union[np.ndarray, str, os.PathLike, Sequence[Union[np.ndarray, str, os.PathLike]]]
+TargetInput = Union[Target, Sequence[Target]]
 
 
 @dataclass
 class Explanation:
-    """Heatmaps [N,H,W] in [0,1] with the explained class, its score and the logits of each image."""
+    """Heatmaps [N,H,W] in [0,1] with the explained class, its score and the logits of each image.
+
+    On a model augmented with seed=True, ``scores`` is Y = sum(seed * score) of each image, ``logits``
+    the score tensor (any shape) and ``classes`` the targets' class (-1 where a seed or a similarity
+    names none). With several target layers, ``activation`` and ``gradient`` are lists, one per layer.
+    """
 
     heatmaps: Any
     classes: np.ndarray
@@ -43,6 +54,9 @@ class Explanation:
     @property
     def probabilities(self) -> np.ndarray:
         """Softmax of the logits, [N, classes]."""
+        if self.logits.ndim != 2:
+            raise InputError(f"probabilities need [N, classes] logits; this model's score is "
+                             f"{list(self.logits.shape)}: read explanation.logits instead")
         shifted = np.exp(self.logits - self.logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
@@ -82,6 +96,13 @@ class Explainer:
         self.batch_size = self.static_batch or batch_size
         self.layout = self.metadata.get("input_layout", "NCHW")
         self.num_classes = _num_classes(proto)
+        # seed=True models take gradcam_seed (shaped like the score) instead of gradcam_target_class.
+        self.seeded = self.metadata.get("seed") == "true"
+        self.selector_name = SEED if self.seeded else TARGET_CLASS
+        self.seed_shape = _input_shape(proto, SEED) if self.seeded else None
+        self.seed_dtype = _input_dtype(proto, SEED) if self.seeded else None
+        self.layer_count = len(json.loads(self.metadata.get("targets") or "[]")) or 1
+        self.summary_outputs = [SCORE, LOGITS] if self.seeded else SUMMARY
         self.preprocess = self._preprocess_spec(prepared.preprocess)
         # A model given as a file is read again for each new session rather than held here: its
         # weights would otherwise stay in memory beside every session's own copy.
@@ -89,7 +110,10 @@ class Explainer:
         self.device_spec, self.providers = device, providers
         self.session_options = session_options
         self.output_names = [o.name for o in proto.graph.output]
+        self._model_inputs = _graph_inputs(proto)
         self._sessions: dict[frozenset, Session] = {}  # created on first use: each holds the weights
+        self._session_inputs: dict[frozenset, list[str]] = {}  # the inputs each session reads
+        self._score_shapes: dict[tuple, tuple] = {}  # one image's score shape by input shape (seeded models)
         self.device = parse_device(device)[0]
         if providers is None:
             providers_for(device)  # a clear error now when CUDA is asked for and not available
@@ -176,49 +200,60 @@ class Explainer:
     def explain(self, images: ImageInput, target_class=None, method: Optional[str] = None,
                 keep_tensors: bool = False, progress: bool = False, samples: Optional[int] = None,
                 noise_level: Optional[float] = None, steps: Optional[int] = None,
-                baseline: Optional[np.ndarray] = None, seed: Optional[int] = None,
-                as_numpy: bool = False) -> Explanation:
+                baseline: Optional[np.ndarray] = None, seed: Any = None, as_numpy: bool = False,
+                target: Optional[TargetInput] = None) -> Explanation:
         """Explain a batch: heatmaps [N,H,W] in [0,1], classes, scores, logits (and tensors on request).
+
+        What to explain, one of: target_class (int, or one per image; None / -1: the top class);
+        target, an onnx_gradcam.targets object (Class, Detection, Segmentation, Similarity) or one per
+        image; seed, a float array [N, *score_shape[1:]] fed to gradcam_seed as is. Target and seed
+        need a model augmented with seed=True (targets are turned into seeds from a forward pass
+        first); on such a model target_class means Class targets, and a plain classifier takes
+        Class targets as target_class. Passing more than one of them is an InputError.
 
         CAM methods (onnx_gradcam.METHODS) need only the augmented model; input-gradient methods need
         it augmented with input_gradient=True (saliency, smoothgrad, integrated_gradients) or guided=True
         (guided_backprop, guided_gradcam). smoothgrad uses `samples` noisy copies (16; noise std =
-        noise_level * value range, 0.15; `seed` 0); integrated_gradients uses `steps` Gauss-Legendre
-        points (32) from `baseline` (zeros by default); both run as batches. Options a method does not
-        take are ignored; None means the method's default (cam.methods). On device="cuda" CAM heatmaps
-        (and tensors) stay CuPy arrays unless as_numpy=True.
+        noise_level * value range, 0.15; an int `seed` is the noise seed, 0); integrated_gradients uses `steps`
+        Gauss-Legendre points (32) from `baseline` (zeros by default); both run as batches. Options a
+        method does not take are ignored; None means the method's default (cam.methods). On
+        device="cuda" CAM heatmaps (and tensors) stay CuPy arrays unless as_numpy=True, and a CuPy
+        seed stays on the GPU.
         """
         entry = self._entry(method)
-        run = {Family.CAM: self._explain_cam, Family.INPUT_GRADIENT: self._explain_input}.get(entry.family)
-        if run is None:
-            raise InputError(f"method {entry.name!r} is {entry.family.value}: the Explainer has no runner "
-                             "for that family yet; choose a CAM or input-gradient method")
+        run = self._runner(entry)
         batch = self.prepare(images)
         if len(batch) == 0:
             raise InputError("no images to explain: the batch is empty")
-        classes = self._target_classes(target_class, len(batch))
+        gradient_seed, noise_seed = _split_seed(seed)
+        selector, classes = self._selector(batch, target_class, target, gradient_seed)
         size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
         options = entry.resolve_options(samples=samples, noise_level=noise_level, steps=steps,
-                                        baseline=baseline, seed=seed)
-        explanation = run(batch, classes, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
+                                        baseline=baseline, seed=noise_seed)
+        explanation = run(batch, selector, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
+        if classes is not None:
+            explanation.classes = classes
         if as_numpy:
             for name in ("heatmaps", "activation", "gradient"):
                 value = getattr(explanation, name)
-                setattr(explanation, name, None if value is None else _host(value))
+                setattr(explanation, name, None if value is None else
+                        [_host(part) for part in value] if isinstance(value, list) else _host(value))
         return explanation
 
     def predict(self, images: ImageInput) -> np.ndarray:
-        """Return the float32 logits [N, classes] of a batch (the forward pass only, in batch_size chunks)."""
+        """Return the float32 score tensor of a batch: the logits [N, classes] of a classifier, any shape on a
+        seed=True model (the forward pass only, in batch_size chunks)."""
         batch = self.prepare(images)
         if len(batch) == 0:
             raise InputError("no images to predict: the batch is empty")
-        classes = np.full(len(batch), -1, np.int64)
-        chunks = [_host(result[LOGITS]) for result in self._run(batch, classes, [LOGITS], False, [])]
-        return np.asarray(_concatenate(chunks), np.float32)
+        return np.asarray(self._forward(batch), np.float32)
 
     def warm_up(self, method: Optional[str] = None) -> "Explainer":
         """Create now the ONNX Runtime sessions a method needs (otherwise made by its first call)."""
-        for outputs in self._output_sets(self._entry(method)):
+        output_sets = self._output_sets(self._entry(method))
+        if self.seeded:  # targets become seeds from a forward pass first
+            output_sets.insert(0, [LOGITS])
+        for outputs in output_sets:
             self._session(outputs)
         return self
 
@@ -228,60 +263,151 @@ class Explainer:
         require_outputs(entry, self.output_names)
         return entry
 
-    @staticmethod
-    def _output_sets(entry: Method) -> list[list[str]]:
+    def _runner(self, entry: Method):
+        """The method that explains a batch for entry's family (one runner per Family)."""
+        runners = {Family.CAM: self._explain_cam, Family.INPUT_GRADIENT: self._explain_input,
+                   Family.GRADIENT_FREE: partial(gradient_free.explain_gradient_free, self)}
+        return runners[entry.family]
+
+    def _output_sets(self, entry: Method) -> list[list[str]]:
         """The outputs of each session a method runs, in the order it runs them."""
+        outputs = list(entry.outputs)
+        if entry.family == Family.CAM:  # every target layer's activation (and gradient)
+            outputs = [numbered(name, layer) for layer in range(self.layer_count) for name in entry.outputs]
         if entry.sample is not None:
-            return [SUMMARY, list(entry.outputs)]  # the clean image's class, then the samples' gradients
-        return [list(entry.outputs) + SUMMARY]
+            return [self.summary_outputs, outputs]  # the clean image's summary, then the samples' gradients
+        return [outputs + self.summary_outputs]
 
-    def _explain_cam(self, batch, classes, entry: Method, size, keep_tensors: bool = False,
+    # ---------------------------------------------------------------- what to explain
+
+    def _selector(self, batch, target_class, target, gradient_seed) -> tuple[Any, Optional[np.ndarray]]:
+        """The gradcam_target_class [N] or gradcam_seed [N, ...] feed, and the explained classes when known
+        before the run (None: read from the run)."""
+        given = [name for name, value in (("target_class", target_class), ("target", target),
+                                          ("seed", gradient_seed)) if value is not None]
+        if len(given) > 1:
+            raise InputError(f"pass one of target_class, target and seed, got {' and '.join(given)}: a seed is "
+                             "the objective itself, targets and classes are turned into seeds")
+        count = len(batch)
+        if not self.seeded:
+            if gradient_seed is not None:
+                raise InputError("this model takes no gradcam_seed: augment the plain model with seed=True "
+                                 "(`onnx-gradcam augment MODEL -o OUT --seed`), or pass target_class")
+            if target is not None:
+                target_class = _class_indices(target, count)
+            return self._target_classes(target_class, count), None
+        if gradient_seed is not None:
+            return self._check_seed(gradient_seed, batch), None
+        targets = target if target is not None else self._class_targets(target_class, count)
+        seeds = seeds_for(targets, self._forward(batch))
+        return self._check_seed(seeds, batch), _explained_classes(targets, seeds)
+
+    def _class_targets(self, target_class, count: int) -> list[Target]:
+        """Class targets for target_class on a seeded model (None / -1: each image's top class)."""
+        if target_class is None and len(self.seed_shape) != 2:
+            raise InputError(f"this model's score is {_format_shape(self.seed_shape)} (augmented with seed=True): "
+                             "say what to explain with target= (onnx_gradcam.targets.Detection, Segmentation, "
+                             "Similarity) or seed=; onnx_gradcam.tasks explains boxes, masks and embeddings")
+        return [Class(None if index < 0 else int(index)) for index in self._target_classes(target_class, count)]
+
+    def _check_seed(self, seed, batch):
+        """seed as a contiguous array of the model's seed dtype, on the device it came from; InputError unless
+        it has the score's shape for this batch."""
+        if _on_device(seed):
+            if self.device != "cuda":
+                raise InputError("a GPU seed needs Explainer(device='cuda'); pass a NumPy seed on the CPU")
+            seed = _as_cupy(seed)
+        elif not isinstance(seed, np.ndarray):
+            seed = np.asarray(seed)
+        if seed.dtype.kind != "f":
+            raise InputError(f"seed must be a float array shaped like the score, got dtype {seed.dtype}; "
+                             "build seeds with onnx_gradcam.targets.seeds_for or pass float32")
+        if seed.ndim != len(self.seed_shape) or len(seed) != len(batch) or any(
+                isinstance(want, int) and want != got for want, got in zip(self.seed_shape[1:], seed.shape[1:])):
+            raise _seed_shape_error(seed, [len(batch), *self.seed_shape[1:]])
+        expected = [len(batch), *self._score_shape(batch)]
+        if list(seed.shape) != expected:  # the dims the graph leaves dynamic, checked against a forward pass
+            raise _seed_shape_error(seed, expected)
+        xp = _array_module(seed)
+        if not bool(xp.isfinite(seed).all()):
+            raise InputError("seed contains NaN or infinite values")
+        return xp.ascontiguousarray(seed.astype(self.seed_dtype, copy=False))
+
+    def _score_shape(self, batch) -> tuple:
+        """One image's score shape for images shaped like batch's (a forward pass of one image when the graph
+        leaves some of its dims dynamic, once per image shape)."""
+        if all(isinstance(dim, int) for dim in self.seed_shape[1:]):
+            return tuple(self.seed_shape[1:])
+        key = tuple(batch.shape[1:])
+        if key not in self._score_shapes:
+            self._forward(batch[:1])
+        return self._score_shapes[key]
+
+    def _forward(self, batch):
+        """The score tensor (gradcam_logits) of a batch on the host, from a forward-only session."""
+        scores = _concatenate([_host(result[LOGITS]) for result in self._run(batch, None, [LOGITS], False, [])])
+        self._score_shapes[tuple(batch.shape[1:])] = tuple(scores.shape[1:])
+        return scores
+
+    # ---------------------------------------------------------------- runners
+
+    def _explain_cam(self, batch, selector, entry: Method, size, keep_tensors: bool = False,
                      progress: bool = False) -> Explanation:
-        parts: dict[str, list] = {"heatmaps": [], ACTIVATION: [], GRADIENT: []}
-        (outputs,), part_list = self._output_sets(entry), []
-        for result in self._run(batch, classes, outputs, progress, part_list):
-            parts["heatmaps"].append(self._heatmaps(result[ACTIVATION], result.get(GRADIENT), entry, size))
-            for name in (ACTIVATION, GRADIENT):
-                if keep_tensors and name in result:
-                    parts[name].append(result[name])
-        summary = _join_summary(part_list)
-        return Explanation(heatmaps=_concatenate(parts["heatmaps"]), method=entry.name, **summary,
-                           activation=_concatenate(parts[ACTIVATION]) if parts[ACTIVATION] else None,
-                           gradient=_concatenate(parts[GRADIENT]) if parts[GRADIENT] else None)
+        heatmaps, kept, part_list = [], [], []
+        (outputs,) = self._output_sets(entry)
+        for result in self._run(batch, selector, outputs, progress, part_list):
+            pairs = [(result[numbered(ACTIVATION, layer)], result.get(numbered(GRADIENT, layer)))
+                     for layer in range(self.layer_count)]
+            heatmaps.append(self._heatmaps(pairs, entry, size))
+            if keep_tensors:
+                kept.append(pairs)
+        activation, gradient = _joined_tensors(kept, self.layer_count)
+        return Explanation(heatmaps=_concatenate(heatmaps), method=entry.name, **_join_summary(part_list),
+                           activation=activation, gradient=gradient)
 
-    def _explain_input(self, batch, classes, entry: Method, size, keep_tensors: bool = False,
+    def _explain_input(self, batch, selector, entry: Method, size, keep_tensors: bool = False,
                        progress: bool = False, **options) -> Explanation:
         batch, output_sets = _host(batch), self._output_sets(entry)
         if entry.sample is not None:
             # The explained class is the clean image's: fix it before sampling around the image.
-            summary = _join_summary(list(self._run(batch, classes, output_sets[0], False, [])))
+            summary = _join_summary(list(self._run(batch, selector, output_sets[0], False, [])))
             drawn = entry.sample(batch, self.layout, **options)
+            fixed = selector if self.seeded else summary["classes"]
+            repeated = _array_module(fixed).repeat(fixed, drawn.repeat, axis=0)
             gradients = _concatenate([_host(r[entry.gradient_output]) for r in self._run(
-                drawn.inputs, np.repeat(summary["classes"], drawn.repeat), output_sets[1], progress, [])])
+                drawn.inputs, repeated, output_sets[1], progress, [])])
             result = entry.combine(gradients, drawn)
         else:
             chunks, part_list = [], []
-            for output in self._run(batch, classes, output_sets[0], progress, part_list):
+            for output in self._run(batch, selector, output_sets[0], progress, part_list):
                 chunks.append(entry.attribute({name: _host(value) for name, value in output.items()}, size))
             summary, result = _join_summary(part_list), _concatenate(chunks)
         return Explanation(heatmaps=attribution.attribution_heatmaps(result), method=entry.name,
                            attribution=result, **summary)
+
+    # ---------------------------------------------------------------- sessions and runs
 
     def _session(self, outputs: Sequence[str]) -> Session:
         """A session computing just these outputs (ONNX Runtime would run every node otherwise)."""
         key = frozenset(outputs)
         if key not in self._sessions:
             wanted = [name for name in self.output_names if name in key]
-            everything = set(self.output_names) <= key
-            model = self._source if everything else keep_outputs(load_model(self._source), wanted)
+            if set(self.output_names) <= key:
+                model, inputs = self._source, self._model_inputs
+            else:
+                model = _without_unused_inputs(keep_outputs(load_model(self._source), wanted))
+                inputs = _graph_inputs(model)
             self._sessions[key] = Session(model, device=self.device_spec, providers=self.providers,
                                           options=self.session_options or _default_session_options())
+            self._session_inputs[key] = inputs
         return self._sessions[key]
 
-    def _run(self, batch: np.ndarray, classes: np.ndarray, outputs: Sequence[str], progress: bool,
+    def _run(self, batch: np.ndarray, selector, outputs: Sequence[str], progress: bool,
              summaries: list) -> Iterator[dict]:
-        """Run batch in chunks of batch_size; yield each chunk's outputs, collect class/score/logits."""
+        """Run batch in chunks of batch_size with its selector (classes or seeds; None for forward-only
+        outputs); yield each chunk's outputs, collect score, logits (and class)."""
         session = self._session(outputs)
+        inputs = self._session_inputs[frozenset(outputs)]
         size = self.batch_size
         if self.backward_batch_size and not self.static_batch and {INPUT_GRADIENT, GUIDED_GRADIENT} & set(outputs):
             # As few chunks as the memory allows, of even size: 8 images under a limit of 6 run as 4 + 4.
@@ -292,38 +418,58 @@ class Explainer:
             from tqdm import tqdm
             starts = tqdm(starts, unit="batch", desc="explain")
         for start in starts:
-            chunk, chunk_classes = batch[start:start + size], classes[start:start + size]
+            chunk = batch[start:start + size]
+            chunk_selector = None if selector is None else selector[start:start + size]
             count = len(chunk)
             if self.static_batch and count < self.static_batch:  # pad to the model's fixed batch
-                missing = self.static_batch - count
-                xp = _array_module(chunk)
-                chunk = xp.concatenate([chunk, xp.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
-                chunk_classes = np.concatenate([chunk_classes, np.full(missing, -1, np.int64)])
-            result = self._run_fitting(session, chunk, chunk_classes, list(outputs))
+                chunk, chunk_selector = self._padded(chunk, chunk_selector)
+            result = self._run_fitting(session, inputs, chunk, chunk_selector, list(outputs))
             if len(chunk) > count:
                 result = {name: value[:count] for name, value in result.items()}
             summaries.append({name: _host(result[name]) for name in SUMMARY if name in result})
             yield result
 
-    def _run_fitting(self, session: Session, chunk, classes: np.ndarray, outputs: list[str]) -> dict:
+    def _padded(self, chunk, selector):
+        """chunk (and its selector) padded with zeros (class -1) to the model's fixed batch size."""
+        missing = self.static_batch - len(chunk)
+        xp = _array_module(chunk)
+        chunk = xp.concatenate([chunk, xp.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
+        if selector is not None:
+            xp = _array_module(selector)
+            padding = xp.full((missing,) + selector.shape[1:], -1 if not self.seeded else 0, selector.dtype)
+            selector = xp.concatenate([selector, padding])
+        return chunk, selector
+
+    def _run_fitting(self, session: Session, inputs: list[str], chunk, selector, outputs: list[str]) -> dict:
         """Run one chunk; a chunk too large for the GPU is split in halves, not crashed."""
+        feeds = {name: value for name, value in ((self.input_name, chunk), (self.selector_name, selector))
+                 if name in inputs}
         try:
-            return session.run({self.input_name: chunk, TARGET_CLASS: classes}, outputs)
+            return session.run(feeds, outputs)
         except Exception as error:  # ONNX Runtime raises its own exception types, by message
             message = str(error).lower()
             if len(chunk) < 2 or self.static_batch or not ("out of memory" in message or "allocate" in message):
                 raise
         half = (len(chunk) + 1) // 2
         self.batch_size = max(1, min(self.batch_size, half))  # later chunks start at a size that fits
-        parts = [self._run_fitting(session, chunk[:half], classes[:half], outputs),
-                 self._run_fitting(session, chunk[half:], classes[half:], outputs)]
+        halves = [(chunk[:half], None if selector is None else selector[:half]),
+                  (chunk[half:], None if selector is None else selector[half:])]
+        parts = [self._run_fitting(session, inputs, part, part_selector, outputs) for part, part_selector in halves]
         return {name: _concatenate([part[name] for part in parts]) for name in outputs}
 
-    def _heatmaps(self, activation, gradient, entry: Method, size: tuple[int, int]):
+    def _heatmaps(self, pairs: list[tuple[Any, Any]], entry: Method, size: tuple[int, int]):
+        """[N,H,W] heatmaps from each target layer's (activation, gradient); several layers are aggregated."""
         if self.device == "cuda":  # a method without a kernel id gets its map from NumPy there (cam.fused)
             from .cam import fused
-            return fused.heatmaps(activation, gradient, entry, size)
-        return reference.heatmaps(activation, gradient, entry, size)
+            if len(pairs) == 1:
+                return fused.heatmaps(*pairs[0], entry, size)
+            # Per layer: the kernel's ReLU and min-max at the layer's own size; then resize, mean, min-max.
+            # (The kernel's second min-max at the same size rescales a map by 1 + ~1e-7 / its raw range.)
+            return _aggregate_normalized([fused.heatmaps(activation, gradient, entry, activation.shape[2:])
+                                          for activation, gradient in pairs], size)
+        if len(pairs) == 1:
+            return reference.heatmaps(*pairs[0], entry, size)
+        return reference.aggregate_layers([reference.raw_cam(a, g, entry) for a, g in pairs], size)
 
 
 SUMMARY = [CLASS, SCORE, LOGITS]
@@ -348,9 +494,93 @@ def _backward_batch_size(metadata: dict, memory_mb: float) -> Optional[int]:
 
 
 def _join_summary(parts: list[dict]) -> dict:
-    return {"classes": np.concatenate([p[CLASS] for p in parts]),
-            "scores": np.concatenate([p[SCORE] for p in parts]),
-            "logits": np.concatenate([p[LOGITS] for p in parts])}
+    """classes, scores and logits of the chunks' summaries (classes -1 where the model outputs none)."""
+    scores = np.concatenate([p[SCORE] for p in parts])
+    classes = (np.concatenate([p[CLASS] for p in parts]) if parts and CLASS in parts[0]
+               else np.full(len(scores), -1, np.int64))
+    return {"classes": classes, "scores": scores, "logits": np.concatenate([p[LOGITS] for p in parts])}
+
+
+def _seed_shape_error(seed, expected: list) -> InputError:
+    return InputError(f"seed has shape {list(seed.shape)} but the score of these {expected[0]} images is "
+                      f"{_format_shape(expected)}: one seed row per image, shaped like the model's score "
+                      "(explainer.predict(images) gives it)")
+
+
+def _split_seed(seed) -> tuple[Any, Optional[int]]:
+    """(gradient seed array, SmoothGrad noise seed) from explain's seed: an int is the noise seed."""
+    if seed is None:
+        return None, None
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return None, operator.index(seed)
+    return seed, None
+
+
+def _class_indices(target: Any, count: int) -> np.ndarray:
+    """target_class for Class targets on a classifier without a seed input (-1: the top class)."""
+    targets = [target] * count if isinstance(target, Target) else list(target)
+    if not all(isinstance(item, Class) for item in targets):
+        kinds = sorted({type(item).__name__ for item in targets if not isinstance(item, Class)})
+        raise InputError(f"{', '.join(kinds)} targets need a model augmented with seed=True "
+                         "(`onnx-gradcam augment MODEL -o OUT --seed`, or prepare_model(..., task=...)); "
+                         "this model explains classes only (targets.Class or target_class)")
+    if len(targets) != count:
+        raise InputError(f"got {len(targets)} targets for a batch of {count} images; "
+                         "pass one target per image, or a single target for all of them")
+    return np.array([-1 if item.class_index is None else item.class_index for item in targets], np.int64)
+
+
+def _explained_classes(targets: Any, seeds: np.ndarray) -> np.ndarray:
+    """The class each image's target explains, read from its seed (-1 where it names none)."""
+    per_image = [targets] * len(seeds) if isinstance(targets, Target) else list(targets)
+    return np.array([target.explained_class(seed) for target, seed in zip(per_image, seeds)], np.int64)
+
+
+def _joined_tensors(kept: list[list[tuple[Any, Any]]], layers: int) -> tuple[Any, Any]:
+    """(activation, gradient) of the kept chunks: arrays for one target layer, lists for several; None if unkept."""
+    if not kept:
+        return None, None
+    joined = []
+    for index in (0, 1):  # activation, gradient
+        if kept[0][0][index] is None:  # a method that reads no gradient
+            joined.append(None)
+            continue
+        per_layer = [_concatenate([pairs[layer][index] for pairs in kept]) for layer in range(layers)]
+        joined.append(per_layer[0] if layers == 1 else per_layer)
+    return joined[0], joined[1]
+
+
+def _aggregate_normalized(maps: list, size: tuple[int, int]):
+    """reference.aggregate_layers after its per-layer ReLU and min-max: maps [N,h_l,w_l] in [0,1] are
+    resized to size, averaged and min-max normalized, with NumPy or CuPy (on the maps' device)."""
+    total = _resize_bilinear(maps[0], size)
+    for layer_map in maps[1:]:
+        total = total + _resize_bilinear(layer_map, size)
+    return reference.normalize(total / np.float32(len(maps)))
+
+
+def _resize_bilinear(maps, size: tuple[int, int]):
+    """[N,h,w] float32 -> [N,H,W], bilinear with half-pixel centres and clamped edges, in
+    cv2.resize(INTER_LINEAR)'s order (rows of each source row first, then between rows); NumPy or CuPy."""
+    xp = _array_module(maps)
+    with maps.device if xp is not np else contextlib.nullcontext():  # CuPy: taps on the maps' GPU
+        top, bottom, top_weight, bottom_weight = (xp.asarray(tap) for tap in _bilinear_taps(maps.shape[1], size[0]))
+        left, right, left_weight, right_weight = (xp.asarray(tap) for tap in _bilinear_taps(maps.shape[2], size[1]))
+        rows = maps[:, :, left] * left_weight + maps[:, :, right] * right_weight
+        return rows[:, top] * top_weight[:, None] + rows[:, bottom] * bottom_weight[:, None]
+
+
+def _bilinear_taps(source: int, target: int) -> tuple[np.ndarray, ...]:
+    """(first, second, weight of first, weight of second) for each of target output positions, as OpenCV
+    computes them: position (i + 0.5) * source / target - 0.5 in float32, clamped to the edge pixels."""
+    scale = 1 / (target / source)  # OpenCV's scale, the inverse of its inverse scale
+    position = ((np.arange(target) + 0.5) * scale - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    fraction = position - first.astype(np.float32)
+    fraction[(first < 0) | (first >= source - 1)] = 0
+    first = np.clip(first, 0, source - 1)
+    second = np.minimum(first + 1, source - 1)
+    return first, second, np.float32(1) - fraction, fraction
 
 
 def _on_device(value) -> bool:
@@ -389,7 +619,29 @@ def _input_shape(model: onnx.ModelProto, name: str) -> list:
         if value.name == name:
             return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
                     for d in value.type.tensor_type.shape.dim]
-    raise NotAugmentedError(f"the recorded image input {name!r} is missing from the model")
+    raise NotAugmentedError(f"the input {name!r} recorded in the metadata is missing from the model")
+
+
+def _input_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
+    (value,) = [value for value in model.graph.input if value.name == name]
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[str]:
+    """The inputs a run must feed (initializers listed as inputs are not fed)."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    return [value.name for value in model.graph.input if value.name not in initializers]
+
+
+def _without_unused_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """model without the graph inputs no node reads (a pruned forward-only graph needs no class or seed,
+    and ONNX Runtime refuses a run that does not feed every input)."""
+    read = {name for node in model.graph.node for name in node.input}
+    read.update(output.name for output in model.graph.output)
+    unused = [value for value in model.graph.input if value.name not in read]
+    for value in unused:
+        model.graph.input.remove(value)
+    return model
 
 
 def _num_classes(model: onnx.ModelProto) -> Optional[int]:
@@ -401,4 +653,5 @@ def _num_classes(model: onnx.ModelProto) -> Optional[int]:
 
 
 def _format_shape(shape: Sequence) -> str:
-    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) for i, d in enumerate(shape)) + "]"
+    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else "?" if d is None else str(d)
+                           for i, d in enumerate(shape)) + "]"

@@ -60,6 +60,10 @@ class Target(ABC):
             return np.zeros(score.shape, np.float32)
         return np.stack([self._seed_image(image) for image in score])
 
+    def explained_class(self, seed: np.ndarray) -> int:
+        """The class this target explains in one image, given that image's seed; -1 when it names none."""
+        return -1
+
     @abstractmethod
     def _check_image(self, shape: tuple[int, ...]) -> None:
         """InputError unless one image's score shape fits."""
@@ -102,6 +106,9 @@ class Class(Target):
         seed = np.zeros(score.shape, np.float32)
         seed[_top(score) if self.class_index is None else self.class_index] = 1
         return seed
+
+    def explained_class(self, seed: np.ndarray) -> int:
+        return _top(seed)
 
     def _shape_text(self) -> str:
         return "[C] logits"
@@ -155,6 +162,12 @@ class Detection(Target):
             seed[self.box_index, offset + column] = 1
         return seed
 
+    def explained_class(self, seed: np.ndarray) -> int:
+        layout = resolve_layout(seed.shape, self.layout)
+        column = self.box_index if layout == XYWH_CLASSES else slice(None)
+        row = slice(None) if layout == XYWH_CLASSES else self.box_index
+        return _top(np.asarray(seed)[row, column]) - _class_offset(layout)
+
     def _shape_text(self) -> str:
         return "[4+C, A] or [A, 5+C] boxes"
 
@@ -194,6 +207,9 @@ class Segmentation(Target):
         seed = np.zeros(score.shape, np.float32)
         seed[self.class_index] = (np.argmax(score, axis=0) == self.class_index) if self.mask is None else self.mask
         return seed
+
+    def explained_class(self, seed: np.ndarray) -> int:
+        return self.class_index
 
     def _shape_text(self) -> str:
         return "[C, H, W] logits"
@@ -243,6 +259,16 @@ class Similarity(Target):
         cosine = float(embedding @ reference) / (embedding_norm * reference_norm)
         gradient = (reference / reference_norm - cosine * embedding / embedding_norm) / embedding_norm
         return gradient.astype(np.float32)
+
+    def similarity(self, embeddings: np.ndarray) -> np.ndarray:
+        """Return the float32 similarity [N] of embeddings [N, D] (or one [D]) to the reference."""
+        embeddings = np.asarray(embeddings, np.float64)
+        self.check(embeddings.shape)
+        values = embeddings @ self.embedding
+        if self.kind == "cosine":
+            norms = np.maximum(np.linalg.norm(embeddings, axis=-1), _COSINE_EPS)
+            values = values / (norms * max(float(np.linalg.norm(self.embedding)), _COSINE_EPS))
+        return np.asarray(values, np.float32)
 
     def _shape_text(self) -> str:
         return "[D] embedding"

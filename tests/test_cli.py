@@ -127,7 +127,7 @@ def test_list_targets_lists_candidate_tensors_with_shapes(files, augmented, caps
     rows = {line.split()[0]: line for line in lines[1:]}
     assert {"conv1", "relu1", "pool1", "conv2", "relu2"} <= set(rows)
     assert "gradcam_activation" not in rows
-    assert rows["relu2"].split()[1:] == ["Relu", "[batchx16x16x16]", "NCHW"]
+    assert rows["relu2"].split()[1:] == ["Relu", "[batchx16x16x16]", "NCHW", "16x16", "yes"]  # yes: the auto pick
     assert rows["relu1"].split()[1] == "Relu" and "[batchx8x32x32]" in rows["relu1"]
 
 
@@ -332,18 +332,18 @@ def test_target_behind_a_conv_is_differentiated(files, tmp_path, capsys):
 
 def test_op_without_rule_names_the_op_and_node(tmp_path, capsys):
     # An op with no differentiation rule between target and score is a clear error, not a wrong answer.
-    weight = onnx.numpy_helper.from_array(np.ones((4, 2), np.float32), "weight")
+    weight = onnx.numpy_helper.from_array(np.ones((1, 2), np.float32), "weight")
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Relu", ["image"], ["features"], name="relu"),
-         onnx.helper.make_node("Erf", ["features"], ["smooth"], name="the_erf"),
-         onnx.helper.make_node("Flatten", ["smooth"], ["flat"], name="flatten"),
+         onnx.helper.make_node("Det", ["features"], ["determinant"], name="the_det"),
+         onnx.helper.make_node("Flatten", ["determinant"], ["flat"], name="flatten"),
          onnx.helper.make_node("MatMul", ["flat", "weight"], ["logits"], name="head")],
-        "erf", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 2, 2])],
+        "det", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 2, 2])],
         [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 2])], [weight])
-    path = tmp_path / "erf.onnx"
+    path = tmp_path / "det.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
     code = main(["augment", str(path), "-o", str(tmp_path / "out.onnx"), "--target", "features"])
-    assert_clean_error(capsys, code, "'Erf'", "'the_erf'")
+    assert_clean_error(capsys, code, "'Det'", "'the_det'")
 
 
 def test_augment_without_output(files, capsys):
@@ -377,7 +377,7 @@ def test_bad_device(files, augmented, tmp_path, capsys):
     assert_clean_error(capsys, code, "device")
 
 
-@pytest.mark.parametrize("argv", [["explain", "m.onnx", "a.png", "-o", "d", "--method", "scorecam"],
+@pytest.mark.parametrize("argv", [["explain", "m.onnx", "a.png", "-o", "d", "--method", "no_such_cam"],
                                   ["explain", "m.onnx", "a.png"], ["frobnicate"], []])
 def test_usage_errors_exit_2_with_usage_and_no_traceback(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -385,3 +385,119 @@ def test_usage_errors_exit_2_with_usage_and_no_traceback(argv, capsys):
     captured = capsys.readouterr()
     assert info.value.code == 2
     assert "usage: onnx-gradcam" in captured.err and "Traceback" not in captured.err
+
+
+# ---------------------------------------------------------------- detectors and segmenters
+
+@pytest.fixture(scope="module")
+def task_models(tmp_path_factory):
+    """A YOLOv8-style detector (dynamic height and width) and a small segmenter as plain ONNX files, with images."""
+    tasks = pytest.importorskip("tests.test_tasks")
+    root = tmp_path_factory.mktemp("tasks")
+    tasks.torch.manual_seed(0)
+    detector, segmenter = tasks.YoloV8Like().eval(), tasks.SmallSegmenter().eval()
+    models = {"detector": tasks.export(detector, dynamic_size=True), "segmenter": tasks.export(segmenter)}
+    paths = {name: root / f"{name}.onnx" for name in models}
+    for name, model in models.items():
+        onnx.save(model, str(paths[name]))
+    rng = np.random.default_rng(7)
+    images = {"street": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
+              "field": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)}
+    (root / "images").mkdir()
+    for name, rgb in images.items():
+        assert cv2.imwrite(str(root / "images" / f"{name}.png"), rgb[..., ::-1])
+    labels = root / "labels.txt"
+    labels.write_text("person\ncar\ndog\n")
+    layers = {"neck": ("detector", "/neck/"), "down": ("detector", "/down/"), "body": ("segmenter", "/body/")}
+    return {"root": root, "paths": paths, "images": images, "labels": labels,
+            **{layer: tasks.output_of(models[model], prefix) for layer, (model, prefix) in layers.items()}}
+
+
+def test_augment_with_seed_score_input_size_and_several_targets(task_models, tmp_path, capsys):
+    out = tmp_path / "detector.gradcam.onnx"
+    targets = f"{task_models['neck']},{task_models['down']}"
+    assert main(["augment", str(task_models["paths"]["detector"]), "-o", str(out), "--seed", "--score", "output0",
+                 "--input-size", "64x96", "--target", targets]) == 0
+    assert "seed input gradcam_seed" in capsys.readouterr().out
+    model = onnx.load(str(out))
+    meta = {p.key[len("gradcam_"):]: p.value for p in model.metadata_props if p.key.startswith("gradcam_")}
+    assert meta["seed"] == "true" and meta["score"] == "output0"
+    assert json.loads(meta["targets"]) == [task_models["neck"], task_models["down"]]
+    assert json.loads(meta["input_shape"]) == ["batch", 3, 64, 96]
+    assert {"gradcam_activation_1", "gradcam_gradient_1"} <= {o.name for o in model.graph.output}
+    assert "gradcam_seed" in {i.name for i in model.graph.input}
+    assert "gradcam_target_class" not in {i.name for i in model.graph.input}
+
+
+@pytest.mark.parametrize("size", ["64", "64x", "x64", "axb"])
+def test_input_size_must_be_height_x_width(size, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["augment", "m.onnx", "-o", "out.onnx", "--input-size", size])
+    assert info.value.code == 2 and "HxW" in capsys.readouterr().err
+
+
+def test_explain_detect_writes_an_overlay_per_box_and_one_with_every_box(task_models, tmp_path, capsys):
+    from onnx_gradcam.detect import scale_boxes
+    from onnx_gradcam.prepare import prepare_model
+    from onnx_gradcam.render import draw_detections, overlay
+    from onnx_gradcam.tasks import explain_detections
+
+    model, images = task_models["paths"]["detector"], task_models["images"]
+    code = main(["explain", str(model), str(task_models["root"] / "images"), "-o", str(tmp_path), "--task", "detect",
+                 "--target", task_models["neck"], "--input-size", "64x64", "--conf", "0.5", "--max-det", "3",
+                 "--labels", str(task_models["labels"])])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "seed" in printed.err and "RGB / 255" in printed.err  # augmented on the fly, YOLO preprocessing
+    prepared = prepare_model(model, "gradcam", target=task_models["neck"], task="detect", input_size=(64, 64))
+    explainer = Explainer(prepared.model, preprocess=prepared.preprocess)
+    for stem, rgb in images.items():
+        (result,) = explain_detections(explainer, [rgb], conf=0.5, max_det=3)
+        assert len(result) == 3 and f"{stem}.png: 3 boxes" in printed.out
+        boxes = scale_boxes(result.detections.boxes, (64, 64), rgb.shape[:2])
+        names = [["person", "car", "dog"][c] for c in result.detections.classes]
+        for k in range(3):
+            assert f"box {k}: {names[k]} {result.detections.scores[k]:.4f}" in printed.out
+            written = cv2.imread(str(tmp_path / f"{stem}_box{k}.png"))[..., ::-1]
+            expected = draw_detections(overlay(rgb, result.heatmaps[k]), boxes[k:k + 1], names[k:k + 1],
+                                       result.detections.scores[k:k + 1])
+            np.testing.assert_array_equal(written, expected)
+        everything = cv2.imread(str(tmp_path / f"{stem}_detections.png"))[..., ::-1]
+        expected = draw_detections(overlay(rgb, result.heatmaps.max(axis=0)), boxes, names, result.detections.scores)
+        np.testing.assert_array_equal(everything, expected)
+        assert not (tmp_path / f"{stem}_box3.png").exists()
+
+
+def test_explain_segment_writes_an_overlay_per_class_present(task_models, tmp_path, capsys):
+    from onnx_gradcam.prepare import prepare_model
+    from onnx_gradcam.render import overlay
+    from onnx_gradcam.tasks import explain_segmentation
+
+    model, images = task_models["paths"]["segmenter"], task_models["images"]
+    code = main(["explain", str(model), str(task_models["root"] / "images"), "-o", str(tmp_path), "--task", "segment",
+                 "--target", task_models["body"], "--labels", str(task_models["labels"])])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    prepared = prepare_model(model, "gradcam", target=task_models["body"], task="segment")
+    explainer = Explainer(prepared.model, preprocess=prepared.preprocess)
+    written = sorted(path.name for path in tmp_path.iterdir())
+    expected_files = []
+    for stem, rgb in images.items():
+        (result,) = explain_segmentation(explainer, [rgb])
+        assert len(result) >= 1
+        names = [["person", "car", "dog"][c] for c in result.classes]
+        image_path = str(task_models["root"] / "images" / stem)
+        line = next(line for line in printed.out.splitlines() if line.startswith(image_path))
+        assert line.split("classes present: ")[1].split(", ")[0].startswith(names[0])
+        for label, heatmap in zip(result.classes, result.heatmaps):
+            path = tmp_path / f"{stem}_class{label}.png"
+            np.testing.assert_array_equal(cv2.imread(str(path))[..., ::-1], overlay(rgb, heatmap))
+            expected_files.append(path.name)
+    assert written == sorted(expected_files)
+
+
+def test_explain_detect_on_a_classifier_is_a_usage_error(files, augmented, tmp_path, capsys):
+    code = main(["explain", str(files["plain"]), str(files["paths"]["cat"]), "-o", str(tmp_path), "--task", "detect"])
+    assert_clean_error(capsys, code, "detection head")
+    code = main(["explain", str(augmented), str(files["paths"]["cat"]), "-o", str(tmp_path), "--task", "segment"])
+    assert_clean_error(capsys, code, "--seed")

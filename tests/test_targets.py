@@ -173,6 +173,31 @@ def test_dot_seed_equals_autograd_of_dot_product_and_is_the_reference():
     _assert_seed_matches(head, activation, targets, [Similarity(r.numpy(), kind="dot") for r in references])
 
 
+def test_similarity_values_equal_torch_cosine_similarity_and_the_dot_product():
+    embeddings = torch.randn(BATCH, 8, generator=torch.Generator().manual_seed(11))
+    concept = torch.randn(8, generator=torch.Generator().manual_seed(12))
+    cosine = Similarity(concept.numpy(), kind="cosine").similarity(embeddings.numpy())
+    expected = [SimilarityToConceptTarget(concept)(embedding) for embedding in embeddings]
+    np.testing.assert_allclose(cosine, torch.stack(expected).numpy(), rtol=1e-6)
+    dot = Similarity(concept.numpy(), kind="dot").similarity(embeddings.numpy())
+    np.testing.assert_allclose(dot, (embeddings @ concept).numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("make, seed_shape, expected", [
+    (lambda: Class(None), (5,), 2), (lambda: Segmentation(1), (3, 2, 2), 1),
+    (lambda: Detection(2), (7, 10), 1), (lambda: Detection(2, layout=ANCHORS_OBJ), (4, 8), 1),
+    (lambda: Similarity(np.ones(3)), (3,), -1)])
+def test_explained_class_is_read_from_the_seed(make, seed_shape, expected):
+    score = np.zeros(seed_shape, np.float32)
+    target = make()
+    if isinstance(target, Detection):  # the box's best class: 1
+        index = (4 + 1, 2) if target.layout == "auto" else (2, 5 + 1)
+        score[index] = 1
+    elif isinstance(target, Class):
+        score[2] = 1
+    assert target.explained_class(target.seed(score)) == expected
+
+
 def test_seed_accepts_one_image_or_a_batch():
     score = np.random.default_rng(0).standard_normal((BATCH, 5)).astype(np.float32)
     target = Class(None)

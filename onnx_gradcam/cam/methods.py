@@ -1,8 +1,8 @@
 """The method registry: what each explanation method needs, its options, its NumPy implementation, its kernel.
 
 One entry per method, registered where its math lives (cam/reference.py: the contract table; cam/eigen.py;
-cam/attribution.py). The CLI, the audit, the Explainer and the fused kernel read entries; nothing else
-tests a method's name. An entry's needs are data, checked once when it is registered.
+cam/attribution.py; cam/gradient_free.py). The CLI, the audit, the Explainer and the fused kernel read
+entries; nothing else tests a method's name. An entry's needs are data, checked once when it is registered.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Family(str, enum.Enum):
 
     CAM = "cam"  # from the target activation (and its gradient): a weighted sum of channels or a projection
     INPUT_GRADIENT = "input_gradient"  # from d score / d image through the whole network
-    GRADIENT_FREE = "gradient_free"  # from forward passes only (Score-CAM, Ablation-CAM); no runner yet
+    GRADIENT_FREE = "gradient_free"  # from extra forward passes only (Score-CAM, Ablation-CAM: cam.gradient_free)
 
 
 # The augment() flag that adds each optional output; the other outputs every augmented model has.
@@ -37,6 +37,9 @@ ChannelWeights = Callable[[np.ndarray, np.ndarray], np.ndarray]
 ElementWeights = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # A map that is no weighted sum of channels: (A, G or None) -> [N,h,w].
 CamMap = Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]
+# A gradient-free method's channel weights from the forward passes it asks its context for:
+# (cam.gradient_free.GradientFreeContext) -> [N,K]; cam = sum_k w_k A_k.
+GradientFreeWeights = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,10 @@ class Method:
     input_gradient: attribute((outputs, size) -> [N,C,H,W]) for one run, or sample((batch, layout,
         **options) -> Samples) and combine((gradients, Samples) -> [N,C,H,W]) for methods that run
         noisy or interpolated copies of each image (the explained class is the clean image's).
-    gradient_free: forward says which forward passes it runs ("model" or "head"); no runner yet.
+    gradient_free: run((GradientFreeContext) -> [N,K] channel weights), scoring what it needs through the
+        context; forward says which forward passes it runs ("model": masked images through the whole model,
+        "head": target activations through the target -> score subgraph). cam.gradient_free does the
+        first pass, the weighted sum and the contract's ReLU, min-max and resize.
     kernel_id: the GRADCAM_METHOD_* id of kernels/gradcam_math.cuh, or None: on CUDA the map is then
         computed by NumPy and only normalized and resized by the kernel.
     """
@@ -74,6 +80,7 @@ class Method:
     attribute: Optional[Callable[[Mapping[str, np.ndarray], tuple[int, int]], np.ndarray]] = None
     sample: Optional[Callable[..., Samples]] = None
     combine: Optional[Callable[[np.ndarray, Samples], np.ndarray]] = None
+    run: Optional[GradientFreeWeights] = None
     forward: Optional[str] = None
     summary: str = ""
 
@@ -182,7 +189,7 @@ def _check(method: Method) -> None:
     if unknown:
         problems.append(f"outputs {unknown} are not augmented-model outputs ({', '.join(_OUTPUTS)})")
     hooks = {hook: getattr(method, hook) is not None for hook in
-             ("channel_weights", "element_weights", "cam_map", "attribute", "sample", "combine")}
+             ("channel_weights", "element_weights", "cam_map", "attribute", "sample", "combine", "run")}
     cam_hooks = sum(hooks[hook] for hook in ("channel_weights", "element_weights", "cam_map"))
     if method.family == Family.CAM:
         if cam_hooks != 1 or hooks["attribute"] or hooks["sample"] or hooks["combine"]:
@@ -202,10 +209,15 @@ def _check(method: Method) -> None:
     elif method.family == Family.GRADIENT_FREE:
         if method.forward not in _FORWARD:
             problems.append(f"a gradient-free method says what it runs: forward in {_FORWARD}")
+        if not hooks["run"] or sum(hooks.values()) != 1:
+            problems.append("a gradient-free method has run (its channel weights from forward passes) and no "
+                            "other hook")
+        if ACTIVATION not in method.outputs:
+            problems.append(f"a gradient-free method weights the channels of {ACTIVATION}: it reads it")
     else:
         problems.append(f"family must be a Family, got {method.family!r}")
-    if method.forward is not None and method.family != Family.GRADIENT_FREE:
-        problems.append("only gradient-free methods run extra forward passes")
+    if (method.forward is not None or hooks["run"]) and method.family != Family.GRADIENT_FREE:
+        problems.append("only gradient-free methods run extra forward passes (forward, run)")
     if method.family != Family.CAM and method.kernel_id is not None:
         problems.append("only CAM methods have a heatmap kernel")
     if method.kernel_id is not None and not method.uses_gradient:

@@ -1,4 +1,4 @@
-"""NumPy reference of the heatmap contract in DESIGN.md; every other backend is tested against it.
+"""NumPy reference of the heatmap contract in docs/design.md; every other backend is tested against it.
 
 The work every CAM method shares lives here once, as in pytorch-grad-cam's BaseCAM: the weighted sum
 of the activation's channels, ReLU, min-max, resize, min-max. A method supplies only its weights (or
@@ -6,7 +6,7 @@ its map) through its registry entry; the five methods of the contract table are 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -23,8 +23,8 @@ GRADCAMPP_EPSILON = 1e-6
 _RESIZE_CHANNELS = 128
 _SPATIAL = (2, 3)
 
-__all__ = ["METHODS", "EPSILON", "GRADCAMPP_EPSILON", "cam_entry", "channel_weights", "heatmaps", "normalize",
-           "normalize_method", "raw_cam"]
+__all__ = ["METHODS", "EPSILON", "GRADCAMPP_EPSILON", "aggregate_layers", "cam_entry", "channel_weights", "heatmaps",
+           "normalize", "normalize_method", "raw_cam"]
 
 
 # ---------------------------------------------------------------- the contract table (kernel ids: gradcam_math.cuh)
@@ -121,6 +121,19 @@ def finish(cam: np.ndarray, size: Optional[tuple[int, int]] = None) -> np.ndarra
         # becomes exact zeros before cv2 can round it into a pattern.
         cam = normalize(_resize_batch(cam, size))
     return cam
+
+
+def aggregate_layers(cams: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """Return [N,H,W] float32 heatmaps from several target layers' maps [N,h_l,w_l] (raw_cam's output).
+
+    Per layer: ReLU, min-max, bilinear resize to size=(H,W); then the mean over layers and min-max:
+    pytorch-grad-cam's aggregation for a list of target layers (no min-max after each resize).
+    """
+    size = _check_size(size)
+    if not cams or len({len(cam) for cam in cams}) != 1:
+        raise InputError("aggregate_layers needs one or more [N,h,w] maps with the same N, one per target layer")
+    resized = [_resize_batch(normalize(np.maximum(np.asarray(cam, np.float32), 0)), size) for cam in cams]
+    return normalize(np.mean(resized, axis=0, dtype=np.float32))
 
 
 def normalize(cam: np.ndarray) -> np.ndarray:

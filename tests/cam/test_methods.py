@@ -120,13 +120,13 @@ def test_register_refuses_an_inconsistent_entry(method, message):
     assert method_names() == before
 
 
-def test_a_gradient_free_method_registers_and_the_explainer_refuses_it_clearly():
-    register(Method("zero_cam", Family.GRADIENT_FREE, (ACTIVATION,), options={"batch_size": 32}, forward="head"))
+def test_a_gradient_free_method_registers_and_runs_through_the_explainer():
+    register(Method("zero_cam", Family.GRADIENT_FREE, (ACTIVATION,), options={"batch_size": 32}, forward="head",
+                    run=lambda context: context.xp.zeros(context.activation.shape[:2], "float32")))
     try:
         assert "zero_cam" in _method_choices(build_parser(), "explain")
-        explainer = onnx_gradcam.Explainer(demo_model_path())
-        with pytest.raises(InputError, match="no runner"):
-            explainer.explain(list(load_digits()[0][:1]), method="zero_cam")
+        explanation = onnx_gradcam.Explainer(demo_model_path()).explain(list(load_digits()[0][:1]), method="zero_cam")
+        assert explanation.heatmaps.shape == (1, 28, 28) and not explanation.heatmaps.any()  # zeros, never NaN
     finally:
         unregister("zero_cam")
 
