@@ -42,6 +42,13 @@ def channels_last_to_first(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2)
 
 
+def _random_head(model: torchvision.models.VisionTransformer) -> torchvision.models.VisionTransformer:
+    """torchvision initializes the ViT classifier to zeros: every logit, hence every gradient, would be 0."""
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)
+    torch.nn.init.normal_(model.heads.head.bias, std=0.5)
+    return model
+
+
 def _layer_scaled(model: ConvNeXt) -> ConvNeXt:
     """ConvNeXt with layer scales of trained size: at their 1e-6 init each block's output equals its input."""
     for module in model.modules():
@@ -62,8 +69,9 @@ class Family:
 
 FAMILIES = {
     "vit": Family(
-        lambda: torchvision.models.VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2,
-                                                     hidden_dim=32, mlp_dim=64, num_classes=10),
+        lambda: _random_head(torchvision.models.VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2,
+                                                                  num_heads=2, hidden_dim=32, mlp_dim=64,
+                                                                  num_classes=10)),
         lambda model: model.encoder.layers[-1].ln_1, vit_tokens_on_grid,
         # After the last attention only the class token reaches the head: auto takes the same ln_1.
         lambda model: model.encoder.layers[-1].ln_1, vit_tokens_on_grid, "NTC"),
@@ -162,6 +170,7 @@ def test_named_target_heatmaps_equal_pytorch_grad_cam(case, method):
     ours = explainer(case, "named").explain(case["images"].numpy(), target_class=[-1, 3], method=method)
     expected = peer_heatmaps(case, method, family.layer(case["model"]), family.reshape, ours.classes)
     assert ours.heatmaps.shape == expected.shape == (2, SIZE, SIZE)
+    assert (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2)) > 0.5).all(), "a degenerate map proves nothing"
     np.testing.assert_allclose(ours.heatmaps, expected, rtol=0, atol=TOLERANCE)
 
 
@@ -170,4 +179,5 @@ def test_auto_target_heatmaps_equal_pytorch_grad_cam_at_the_layer_auto_should_fi
     family = case["family"]
     ours = explainer(case, "auto").explain(case["images"].numpy(), target_class=[-1, 7], method=method)
     expected = peer_heatmaps(case, method, family.auto_layer(case["model"]), family.auto_reshape, ours.classes)
+    assert (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2)) > 0.5).all(), "a degenerate map proves nothing"
     np.testing.assert_allclose(ours.heatmaps, expected, rtol=0, atol=TOLERANCE)
