@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from onnx_gradcam.cam import reference
-from onnx_gradcam.cam.methods import Family, Method, get_method, register
+from onnx_gradcam.cam.methods import Family, Method, get_method_of, register
 from onnx_gradcam.errors import InputError, TargetNotFoundError
 from onnx_gradcam.graph.augment import ACTIVATION, CLASS, LOGITS, SCORE, TARGET_CLASS
 from onnx_gradcam.graph.locate import NHWC, NTC, TO_NHWC
@@ -194,7 +194,7 @@ def explain_gradient_free(explainer: Any, batch: Any, selector: Any, method: "st
     """
     from onnx_gradcam.explainer import Explanation  # the Explainer imports this package
 
-    entry = _gradient_free_entry(method)
+    entry = get_method_of(method, Family.GRADIENT_FREE)
     batch_size = _check_batch_size(entry.resolve_options(**options)["batch_size"])
     if entry.forward == "head":
         head_for(explainer)  # a head that cannot run on the target alone is refused before any run
@@ -221,14 +221,6 @@ def _first_pass(explainer: Any, batch: Any, selector: Any) -> tuple[Any, dict]:
     summary = {name: np.concatenate([part[name] for part in summaries]) for name in summary_outputs}
     summary.setdefault(CLASS, np.full(len(batch), -1, np.int64))  # a seeded model names no class
     return _concatenate(_array_module(explainer.device), parts), summary
-
-
-def _gradient_free_entry(method: "str | Method") -> Method:
-    entry = get_method(method)
-    if entry.family != Family.GRADIENT_FREE:
-        raise InputError(f"{entry.name!r} is a method of the {entry.family.value} family, not a gradient-free one; "
-                         "explain with Explainer(model).explain(images, method=...) instead")
-    return entry
 
 
 def _check_batch_size(batch_size: Any) -> int:

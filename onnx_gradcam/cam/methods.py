@@ -163,6 +163,15 @@ def get_method(name: "str | Method") -> Method:
     return _ENTRIES[canonical]
 
 
+def get_method_of(name: "str | Method", family: Family) -> Method:
+    """get_method, with an InputError when the method belongs to another family."""
+    entry = get_method(name)
+    if entry.family != family:
+        raise InputError(f"{entry.name!r} is a method of the {entry.family.value} family, not of the "
+                         f"{family.value} family; explain with Explainer(model).explain(images, method=...) instead")
+    return entry
+
+
 def normalize_method(name: "str | Method") -> str:
     """The canonical name of a method name or alias (InputError listing every method when unknown)."""
     return get_method(name).name

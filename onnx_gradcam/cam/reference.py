@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from onnx_gradcam.cam.methods import Family, Method, cam_method, get_method, normalize_method
+from onnx_gradcam.cam.methods import Family, Method, cam_method, get_method_of, normalize_method
 from onnx_gradcam.errors import InputError
 
 # The contract's epsilon in the min-max and xgradcam denominators.
@@ -72,11 +72,7 @@ METHODS: tuple[str, ...] = tuple(entry.name for entry in (_gradcam, _gradcam_pp,
 
 def cam_entry(method: "str | Method") -> Method:
     """The registry entry of a CAM method (InputError for unknown names and other families)."""
-    entry = get_method(method)
-    if entry.family != Family.CAM:
-        raise InputError(f"{entry.name!r} is an {entry.family.value} method, not a CAM over the target activation; "
-                         "explain with Explainer(model).explain(images, method=...) instead")
-    return entry
+    return get_method_of(method, Family.CAM)
 
 
 def channel_weights(activation: np.ndarray, gradient: Optional[np.ndarray], method: str) -> Optional[np.ndarray]:

@@ -259,7 +259,7 @@ def test_gradient_free_entries_reach_the_cli_and_check_their_options(small_case)
     _, images, (explainer, _) = small_case
     with pytest.raises(InputError, match="batch_size must be an int >= 1"):
         explain_gradient_free(explainer, images.numpy(), np.array([-1, -1, -1]), "scorecam", (12, 16), batch_size=0)
-    with pytest.raises(InputError, match="not a gradient-free one"):
+    with pytest.raises(InputError, match="not of the gradient_free family"):
         explain_gradient_free(explainer, images.numpy(), np.array([-1, -1, -1]), "gradcam", (12, 16))
     assert LOGITS in explainer.output_names
 

@@ -201,7 +201,7 @@ def test_normalize_method_accepts_case_and_aliases(name, canonical):
 
 def test_input_gradient_method_is_refused_with_the_way_out():
     activation, gradient = _random_pair((1, 3, 4, 4))
-    with pytest.raises(InputError, match="not a CAM.*Explainer"):
+    with pytest.raises(InputError, match="not of the cam family.*Explainer"):
         heatmaps(activation, gradient, "saliency")
 
 
