@@ -103,3 +103,45 @@ def test_input_shape_that_does_not_fit_is_a_clear_error(input_shape):
         plain.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
     with pytest.raises(InputError, match="input_shape"):
         augment(plain, input_shape=input_shape)
+
+
+def _torch_equivalent(model: onnx.ModelProto):
+    """paddle_dynamic as a float64 torch function of the image, from the model's own weights."""
+    import torch
+    from onnx import numpy_helper
+
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).astype(np.float64)) for t in model.graph.initializer}
+    nodes = {node.op_type: node for node in model.graph.node}
+    conv, norm = nodes["Conv"], nodes["BatchNormalization"]
+    fc_weight = nodes["MatMul"].input[1]
+    bias = next(node.input[1] for node in model.graph.node if node.op_type == "Add" and node.output[0].startswith("logits"))
+
+    def forward(images):
+        x = torch.nn.functional.conv2d(images, weights[conv.input[1]], padding=1)
+        scale, shift, mean, variance = (weights[name] for name in norm.input[1:])
+        x = torch.nn.functional.batch_norm(x, mean, variance, scale, shift, eps=1e-5)
+        x = x * torch.clamp(x + 3, 0, 6) / 6
+        x = torch.nn.functional.max_pool2d(x, 2, 2)
+        return x.mean((2, 3)) @ weights[fc_weight] + weights[bias]
+
+    return forward
+
+
+@pytest.mark.parametrize("height, width", [(12, 12), (8, 14)])
+def test_paddle_dynamic_input_gradient_equals_float64_autograd_at_any_size(height, width):
+    import torch
+
+    plain = paddle_dynamic()
+    augmented = augment(plain, input_gradient=True)
+    x = np.random.default_rng(height + 7 * width).standard_normal((2, 3, height, width)).astype(np.float32)
+    outputs = run(augmented, {"x": x, TARGET_CLASS: np.array([-1, 4], np.int64)})
+    chosen = outputs["gradcam_class"]
+    images = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    logits = _torch_equivalent(plain)(images)
+    logits[torch.arange(2), torch.from_numpy(chosen)].sum().backward()
+    expected = images.grad.numpy()
+    gradient = outputs["gradcam_input_gradient"]
+    assert gradient.shape == x.shape
+    assert np.abs(gradient - expected).max() <= 1e-4 * np.abs(expected).max()
+    # The torch function is the model: its softmax equals the model's output.
+    np.testing.assert_allclose(torch.softmax(logits, 1).detach().numpy(), outputs["softmax_0.tmp_0"], atol=1e-5)
