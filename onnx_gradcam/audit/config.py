@@ -1,18 +1,20 @@
 """What an audit run is asked to do, and the model it runs, prepared once on the driver."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..errors import InputError
 from ..labels import load_labels
 from ..preprocess import Preprocess
 from .decode import DEFAULT_MAX_PIXELS
+from .measure import check_options, effective_options, parse_metrics
 
 SAVE_CHOICES = ("overlays", "heatmaps")
 OVERLAY_FORMATS = ("jpg", "png")
@@ -27,7 +29,7 @@ class AuditConfig:
     out_dir: Union[str, os.PathLike]
     device: str = "cpu"
     batch_size: int = 32
-    method: str = "gradcam"
+    method: Union[str, Sequence[str]] = "gradcam"  # a method, or several (a comma list): one record per method
     target_class: Optional[Union[int, str]] = None  # index or class name; None: each image's top class
     labels_file: Optional[Union[str, os.PathLike]] = None
     save: frozenset = field(default_factory=frozenset)  # subset of SAVE_CHOICES
@@ -42,6 +44,8 @@ class AuditConfig:
     commit_every: int = 256  # images per committed part (at most 10 s apart); a kill loses one part's work
     report: bool = True
     progress: bool = True
+    metrics: Union[str, Sequence[str]] = ()  # faithfulness metrics (metrics.METRICS names), one column each
+    metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # metric -> its keyword options
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -53,9 +57,10 @@ class AuditConfig:
             raise InputError(f"overlay format must be one of {OVERLAY_FORMATS}, got {self.overlay_format!r}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pixels < 1 or self.commit_every < 1:
             raise InputError("--batch, --commit-every and --max-pixels must be positive, --workers not negative")
-        from ..cam.methods import normalize_method
-
-        self.method = normalize_method(self.method)
+        self.methods = parse_methods(self.method)
+        self.method = ",".join(self.methods)
+        self.metrics = parse_metrics(self.metrics)
+        self.metric_options = check_options(self.metrics, self.metric_options)
         if not self.workers:
             self.workers = max(1, min(8, os.cpu_count() or 1))
 
@@ -72,9 +77,13 @@ class AuditModel:
 
     def settings(self, config: AuditConfig) -> dict:
         """What must be equal for a rerun to resume this run rather than mix two different audits."""
-        return {"model_sha256": self.sha256, "method": config.method, "target_class": self.target_class,
-                "preprocess": self.preprocess.to_dict(), "save": sorted(config.save),
-                "overlay_format": config.overlay_format, "max_pixels": config.max_pixels}
+        settings = {"model_sha256": self.sha256, "target_class": self.target_class,
+                    "method": config.methods[0] if len(config.methods) == 1 else list(config.methods),
+                    "preprocess": self.preprocess.to_dict(), "save": sorted(config.save),
+                    "overlay_format": config.overlay_format, "max_pixels": config.max_pixels}
+        if config.metrics:  # absent when none, as in audits made before metrics existed
+            settings["metrics"] = effective_options(config.metrics, config.metric_options)
+        return settings
 
 
 def prepare_model(config: AuditConfig) -> AuditModel:
@@ -82,7 +91,7 @@ def prepare_model(config: AuditConfig) -> AuditModel:
     from ..graph.augment import augmented_metadata
     from ..prepare import prepare_model as prepare_for_method
 
-    prepared = prepare_for_method(Path(config.model), config.method, target=config.target,
+    prepared = prepare_for_method(Path(config.model), methods_entry(config.methods), target=config.target,
                                   preprocess=config.preprocess)
     for note in prepared.notes:
         print(note, file=sys.stderr)
@@ -94,6 +103,29 @@ def prepare_model(config: AuditConfig) -> AuditModel:
     return AuditModel(model_bytes=data, preprocess=preprocess, labels=labels,
                       target_class=resolve_class(config.target_class, labels),
                       sha256=hashlib.sha256(data).hexdigest())
+
+
+def parse_methods(value: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """Canonical names of a method, a comma list or a sequence of methods, in order, each once."""
+    from ..cam.methods import normalize_method
+
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    methods = tuple(dict.fromkeys(normalize_method(part.strip()) for part in parts if part.strip()))
+    if not methods:
+        raise InputError("--method names no method; give one, or a comma list such as gradcam,hirescam")
+    return methods
+
+
+def methods_entry(methods: Sequence[str]):
+    """The registry entry of one method; for several, an entry that reads what any of them reads, so that a
+    plain model is augmented once for all of them (and an augmented one is checked for all of them)."""
+    from ..cam.methods import get_method
+
+    entries = [get_method(name) for name in methods]
+    if len(entries) == 1:
+        return entries[0]
+    outputs = tuple(dict.fromkeys(output for entry in entries for output in entry.outputs))
+    return dataclasses.replace(entries[0], name=", ".join(methods), aliases=(), outputs=outputs)
 
 
 def _with_model_size(preprocess: Preprocess, metadata: dict) -> Preprocess:

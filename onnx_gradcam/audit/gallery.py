@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..metrics import Metric
 from ..render import overlay
 from .config import AuditConfig, AuditModel
 from .decode import fit_within
@@ -16,32 +17,51 @@ from .readers import InputItem
 from .worker import AuditWorker
 
 GALLERY_SIZE = 24
+LEAST_FAITHFUL = "least faithful"
 TILE_SIDE = 160
 
 
-def select_galleries(table: pa.Table, size: int = GALLERY_SIZE) -> dict[str, list[dict]]:
-    """The rows of the three galleries: most confident, misclassified (most confident first), least focused."""
+def select_galleries(table: pa.Table, size: int = GALLERY_SIZE,
+                     metric: Optional[Metric] = None) -> dict[str, list[dict]]:
+    """The rows of the galleries: most confident, misclassified (most confident first), least focused, and with
+    a metric, least faithful (its worst values first, by its direction)."""
     ok = table.filter(pc.equal(table["status"], "ok"))
     wrong = ok.filter(pc.equal(ok["correct"], False))
 
-    def top(rows: pa.Table, column: str) -> list[dict]:
-        """The size rows with the largest column values (ties by path)."""
-        return rows.sort_by([(column, "descending"), ("path", "ascending")]).slice(0, size).to_pylist()
+    def top(rows: pa.Table, column: str, order: str = "descending") -> list[dict]:
+        """The size rows first in column's order (ties by path and method)."""
+        keys = [(column, order), ("path", "ascending"), ("method", "ascending")]
+        return rows.sort_by(keys).slice(0, size).to_pylist()
 
-    return {"most confident": top(ok, "probability"), "misclassified": top(wrong, "probability"),
-            "least focused": top(ok, "entropy")}
+    galleries = {"most confident": top(ok, "probability"), "misclassified": top(wrong, "probability"),
+                 "least focused": top(ok, "entropy")}
+    if metric is not None:
+        measured = ok.filter(pc.is_finite(ok[metric.column]))
+        galleries[LEAST_FAITHFUL] = top(measured, metric.column,
+                                          "ascending" if metric.higher_is_better else "descending")
+    return galleries
 
 
-def render_tiles(rows: list[dict], config: AuditConfig, model: AuditModel) -> dict[str, str]:
-    """Data URIs of heatmap overlays for the rows' images, keyed by path (an image unreadable now is left out)."""
-    unique = list({row["path"]: row for row in rows}.values())
-    if not unique:
+def render_tiles(rows: list[dict], config: AuditConfig, model: AuditModel) -> dict[tuple[str, str], str]:
+    """Data URIs of heatmap overlays for the rows, keyed by (path, method) (an image unreadable now is left out).
+
+    Each image is decoded once and explained with the methods its rows show (a row without one: the run's first).
+    """
+    wanted = {(row["path"], row.get("method") or config.methods[0]): row for row in rows}
+    if not wanted:
         return {}
     worker = AuditWorker(config, model, thumbnails=True)
-    decoded = [worker.decode(InputItem(row["path"])) for row in unique]
-    explained = worker.explain(decoded, classes=[row["explained_class"] for row in unique])
-    return {unique[index]["path"]: tile_uri(overlay(decoded[index].thumbnail, explained.heatmaps[position]))
-            for position, index in enumerate(explained.positions)}
+    paths = list(dict.fromkeys(path for path, _ in wanted))
+    decoded = {path: worker.decode(InputItem(path)) for path in paths}
+    tiles = {}
+    for method in dict.fromkeys(method for _, method in wanted):
+        keys = [key for key in wanted if key[1] == method]
+        batch = [decoded[path] for path, _ in keys]
+        (explained,) = worker.explain(batch, [wanted[key]["explained_class"] for key in keys], [method],
+                                      measure=False)
+        for position, index in enumerate(explained.positions):
+            tiles[keys[index]] = tile_uri(overlay(batch[index].thumbnail, explained.heatmaps[position]))
+    return tiles
 
 
 def tile_uri(image: np.ndarray, side: int = TILE_SIDE) -> Optional[str]:

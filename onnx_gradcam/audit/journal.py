@@ -1,9 +1,10 @@
 """Resumable, loss-free commits: batches are grouped into numbered Parquet parts, each written atomically.
 
 A part file is the commit point: its heatmap shard and overlays are written before it, so a committed
-record never points at a missing file. A rerun with the same command reads the parts (and the merged
-records.parquet of earlier runs), skips those paths, and continues numbering after the highest part.
-finalize() merges everything into records.parquet (one row per path) and only then removes the parts.
+record never points at a missing file. Records are keyed by (path, method); a batch commits every method of
+its inputs in the same part. A rerun with the same command reads the parts (and the merged records.parquet
+of earlier runs), skips those keys, and continues numbering after the highest part. finalize() merges
+everything into records.parquet (one row per key) and only then removes the parts.
 Batches are committed in groups (every commit_every images or commit_seconds, whichever comes first) so
 that small batches do not pay a Parquet file and an fsync each; a kill loses at most one group's work.
 """
@@ -14,14 +15,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
-import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
 from .pipeline import BatchResult
-from .writers import (read_table, records_table, remove_temporaries, write_bytes, write_csv,
+from .writers import (RECORD_SCHEMA, read_table, records_table, remove_temporaries, write_bytes, write_csv,
                       write_heatmap_shard, write_parquet)
 
 RUN_FILE = "run.json"
@@ -38,13 +38,15 @@ class Journal:
     """The commit log of one output folder: what is done, and how to add a batch to it."""
 
     def __init__(self, out_dir: os.PathLike, save_heatmaps: bool = False, commit_every: int = 256,
-                 commit_seconds: float = 10.0) -> None:
+                 commit_seconds: float = 10.0, schema: pa.Schema = RECORD_SCHEMA) -> None:
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS_DIR
         self.save_heatmaps = save_heatmaps
         self.commit_every = commit_every
         self.commit_seconds = commit_seconds
-        self.committed: dict[str, int] = {}  # path -> part
+        self.schema = schema  # the records' columns (with the run's metric columns)
+        self.committed: dict[tuple[str, str], int] = {}  # (path, method) -> part
+        self._defaults: dict = {}
         self.next_part = 0
         self._lock = None
         self._waiting: list[BatchResult] = []
@@ -63,10 +65,17 @@ class Journal:
                                  "differ); rerun with the same options to resume it, or choose another --out")
         else:
             write_bytes(run_file, json.dumps(settings, indent=2, sort_keys=True).encode())
+        # Records made before the method column existed are of the run's one method.
+        self._defaults = {"method": settings["method"]} if isinstance(settings.get("method"), str) else {}
         remove_temporaries([self.out_dir, self.parts_dir, self.out_dir / HEATMAPS_DIR, self.out_dir / OVERLAYS_DIR])
-        for table in self._committed_tables(["path", "part"]):
-            self.committed.update(zip(table["path"].to_pylist(), table["part"].to_pylist()))
+        for table in self._committed_tables(["path", "method", "part"]):
+            keys = zip(table["path"].to_pylist(), table["method"].to_pylist())
+            self.committed.update(zip(keys, table["part"].to_pylist()))
         self.next_part = max(self.committed.values(), default=-1) + 1
+
+    def is_done(self, path: str, methods: Sequence[str]) -> bool:
+        """Whether every method's record of path is committed."""
+        return all((path, method) in self.committed for method in methods)
 
     def close(self) -> None:
         """Release the folder's lock."""
@@ -97,23 +106,25 @@ class Journal:
         kept = [(record, heatmap) for record, heatmap in zip(records, result.heatmaps) if heatmap is not None]
         if self.save_heatmaps and kept:
             shard = f"{HEATMAPS_DIR}/shard-{part:08d}.npz"
-            write_heatmap_shard(self.out_dir / shard, [r["path"] for r, _ in kept], [h for _, h in kept])
+            write_heatmap_shard(self.out_dir / shard, [r["path"] for r, _ in kept], [h for _, h in kept],
+                                [r.get("method") or "" for r, _ in kept])
             for index, (record, _) in enumerate(kept):
                 record.update(heatmap_file=shard, heatmap_index=index)
         for record, data in zip(records, result.overlays):
             if data is not None:
                 write_bytes(self.out_dir / record["overlay_file"], data, durable=False)
-        write_parquet(self.parts_dir / f"part-{part:08d}.parquet", records_table(records))
+        write_parquet(self.parts_dir / f"part-{part:08d}.parquet", records_table(records, self.schema))
         self.next_part = part + 1
-        self.committed.update((record["path"], part) for record in records)
+        self.committed.update(((record["path"], record.get("method")), part) for record in records)
         return part
 
     def finalize(self, csv: bool = False) -> pa.Table:
-        """Merge the parts into records.parquet (one row per path, sorted), flag duplicate content, drop the parts."""
+        """Merge the parts into records.parquet (one row per path and method, sorted), flag duplicate content,
+        drop the parts."""
         self.flush()
         tables = self._committed_tables()
-        table = pa.concat_tables(tables) if tables else records_table([])
-        table = flag_duplicates(_one_row_per_path(table))
+        table = pa.concat_tables(tables) if tables else records_table([], self.schema)
+        table = flag_duplicates(_one_row_per_key(table))
         write_parquet(self.out_dir / RECORDS_FILE, table)
         if csv:
             write_csv(self.out_dir / CSV_FILE, table)
@@ -130,7 +141,7 @@ class Journal:
             if not path.exists():
                 continue
             try:
-                tables.append(read_table(path, columns))
+                tables.append(read_table(path, columns, self.schema, self._defaults))
             except Exception as error:  # noqa: BLE001 - only a file damaged outside this tool gets here
                 damaged = path.with_name(path.name + ".damaged")
                 os.replace(path, damaged)
@@ -139,13 +150,13 @@ class Journal:
         return tables
 
 
-def _one_row_per_path(table: pa.Table) -> pa.Table:
+def _one_row_per_key(table: pa.Table) -> pa.Table:
+    """The latest committed row of each (path, method), sorted by path then method."""
     if table.num_rows == 0:
         return table
-    table = table.sort_by([("path", "ascending"), ("part", "descending")])
-    paths = np.asarray(table["path"].to_pylist(), dtype=object)
-    first = np.ones(len(paths), bool)
-    first[1:] = paths[1:] != paths[:-1]
+    table = table.sort_by([("path", "ascending"), ("method", "ascending"), ("part", "descending")])
+    keys = list(zip(table["path"].to_pylist(), table["method"].to_pylist()))
+    first = [index == 0 or key != keys[index - 1] for index, key in enumerate(keys)]
     return table.filter(pa.array(first))
 
 

@@ -42,10 +42,11 @@ class AuditActor:
         result = self.worker.results(decoded, explained)
         if not self.heatmaps:  # nothing to save: keep them out of the object store
             result.heatmaps = [None] * len(result.heatmaps)
-        return result_to_arrow(result, explained.seconds)
+        return result_to_arrow(result, sum(one.seconds for one in explained),
+                               sum(one.measured.seconds for one in explained))
 
 
-def result_to_arrow(result: BatchResult, seconds: float) -> pa.Table:
+def result_to_arrow(result: BatchResult, seconds: float, metric_seconds: float = 0.0) -> pa.Table:
     """A BatchResult as Arrow columns (JSON records, float16 heatmap bytes, overlay bytes) for Ray's object store."""
     count = max(1, len(result.records))
     return pa.table({
@@ -54,15 +55,17 @@ def result_to_arrow(result: BatchResult, seconds: float) -> pa.Table:
                             pa.binary()),
         "overlay": pa.array(result.overlays, pa.binary()),
         "seconds": pa.array([seconds / count] * len(result.records), pa.float64()),
+        "metric_seconds": pa.array([metric_seconds / count] * len(result.records), pa.float64()),
     })
 
 
-def result_from_arrow(table: pa.Table, size: tuple[int, int]) -> tuple[BatchResult, float]:
-    """Back from result_to_arrow: the BatchResult and the explain seconds it took."""
+def result_from_arrow(table: pa.Table, size: tuple[int, int]) -> tuple[BatchResult, float, float]:
+    """Back from result_to_arrow: the BatchResult, and the explain and metric seconds it took."""
     heatmaps = [None if data is None else np.frombuffer(data, np.float16).reshape(size).astype(np.float32)
                 for data in table["heatmap"].to_pylist()]
     records = [json.loads(text) for text in table["record"].to_pylist()]
-    return BatchResult(records, heatmaps, table["overlay"].to_pylist()), float(sum(table["seconds"].to_pylist()))
+    return (BatchResult(records, heatmaps, table["overlay"].to_pylist()), float(sum(table["seconds"].to_pylist())),
+            float(sum(table["metric_seconds"].to_pylist())))
 
 
 def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem], journal: Journal,
@@ -90,10 +93,11 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
         for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             if block.num_rows == 0:
                 continue
-            result, seconds = result_from_arrow(block, tuple(model.preprocess.size))
+            result, seconds, metric_seconds = result_from_arrow(block, tuple(model.preprocess.size))
             journal.add(result)
             timings.explain += seconds
-            progress(block.num_rows)
+            timings.metrics += metric_seconds
+            progress(block.num_rows // len(config.methods))  # a record per input and method
         timings.wall = time.perf_counter() - start
         return timings
     finally:

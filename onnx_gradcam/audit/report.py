@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .._version import __version__
+from ..metrics import METRICS, Metric
 from . import charts
 from .config import AuditConfig, AuditModel
-from .gallery import render_tiles, select_galleries
+from .gallery import LEAST_FAITHFUL, render_tiles, select_galleries
 from .summary import AuditSummary
 from .writers import write_bytes
 
@@ -62,34 +63,45 @@ IMAGE_CHECK = """
 def write_report(path: os.PathLike, config: AuditConfig, model: AuditModel, table: pa.Table,
                  summary: AuditSummary) -> None:
     """Write the report for the records in table (galleries re-explained from the input files) to path."""
-    galleries = select_galleries(table)
+    metrics = [METRICS[name] for name in config.metrics]
+    galleries = select_galleries(table, metric=metrics[0] if metrics else None)
     tiles = render_tiles([row for rows in galleries.values() for row in rows], config, model)
-    write_bytes(path, render_html(table, summary, galleries, tiles).encode("utf-8"))
+    write_bytes(path, render_html(table, summary, galleries, tiles, metrics).encode("utf-8"))
 
 
 def render_html(table: pa.Table, summary: AuditSummary, galleries: dict[str, list[dict]],
-                tiles: dict[str, str]) -> str:
-    """The report as one HTML string."""
+                tiles: dict[tuple[str, str], str], metrics: Sequence[Metric] = ()) -> str:
+    """The report as one HTML string (metrics: those measured, the first one ranks the least faithful)."""
     title = f"Grad-CAM audit of {os.path.basename(summary.model)}"
+    methods = summary.methods or [summary.method]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<meta name='viewport' content='width=device-width'><title>{escape(title)}</title>",
         f"<style>{STYLE}</style></head><body data-images-loaded='pending'>",
         f"<h1>{escape(title)}</h1>",
-        f"<p class='meta'>method {escape(summary.method)} &middot; onnx-gradcam {__version__} &middot; "
+        f"<p class='meta'>method{'s' if len(methods) > 1 else ''} {escape(', '.join(methods))} &middot; "
+        f"onnx-gradcam {__version__} &middot; "
         f"{datetime.datetime.now().isoformat(timespec='seconds')} &middot; {escape(summary.out_dir)}</p>",
         _cards(summary), "<h2>Summary</h2><div class='charts'>", *_charts(table), "</div>",
     ]
+    if metrics:
+        parts.extend(["<h2 id='faithfulness'>Faithfulness</h2>", _metric_table(summary, metrics),
+                      "<div class='charts'>", *_metric_charts(table, metrics, methods), "</div>"])
+    shown = [metric.column for metric in metrics]
     for name, rows in galleries.items():
         parts.append(f"<h2>{escape(name.capitalize())} ({len(rows)})</h2>")
-        parts.append(_gallery(rows, tiles) if rows else "<p class='meta'>none</p>")
+        if name == LEAST_FAITHFUL and metrics:
+            parts.append(f"<p class='meta'>the worst {escape(metrics[0].column)} first "
+                         f"({_direction(metrics[0])})</p>")
+        parts.append(_gallery(rows, tiles, methods, shown) if rows else "<p class='meta'>none</p>")
     parts.extend([_problems(table), f"<script>{IMAGE_CHECK}</script></body></html>"])
     return "\n".join(parts)
 
 
 def _cards(summary: AuditSummary) -> str:
-    values = [("images", summary.records), ("explained", summary.ok), ("failed", summary.errors),
-              ("duplicates", summary.duplicates)]
+    several = len(summary.methods) > 1
+    values = [("images", summary.inputs)] + ([("records (image x method)", summary.records)] if several else [])
+    values += [("explained", summary.ok), ("failed", summary.errors), ("duplicates", summary.duplicates)]
     if summary.accuracy is not None:
         values.append((f"accuracy ({summary.labelled} labelled)", f"{summary.accuracy:.1%}"))
     if summary.images_per_second:
@@ -103,26 +115,59 @@ def _cards(summary: AuditSummary) -> str:
 
 def _charts(table: pa.Table) -> list[str]:
     ok = table.filter(pc.equal(table["status"], "ok"))
+    # Predictions do not depend on the method: image-level charts count each image once (its first method).
+    images = table.filter(pc.equal(table["method"], table["method"][0])) if table.num_rows else table
+    images_ok = images.filter(pc.equal(images["status"], "ok"))
     column = lambda name: ok[name].to_pylist()  # noqa: E731
-    status = Counter(table["status"].to_pylist())
+    status = Counter(images["status"].to_pylist())
     result = [
         charts.bars(["ok", "error", "duplicate"],
-                    [status.get("ok", 0), status.get("error", 0), table.num_rows - table["duplicate_of"].null_count],
+                    [status.get("ok", 0), status.get("error", 0), images.num_rows - images["duplicate_of"].null_count],
                     "Inputs by outcome"),
-        charts.histogram(column("probability"), "Confidence (top-class probability)", "probability"),
+        charts.histogram(images_ok["probability"].to_pylist(), "Confidence (top-class probability)", "probability"),
         charts.histogram(column("entropy"), "Heatmap spread (normalized entropy)", "0 = one spot, 1 = everywhere"),
         charts.histogram(column("heat_above_half"), "Share of heat above 0.5", "share of total heat"),
         charts.scatter_density(column("peak_x"), column("peak_y"), "Where the heat peaks (image frame)"),
     ]
-    predicted = Counter(ok["predicted_label"].to_pylist()).most_common(TOP_CLASSES)
+    predicted = Counter(images_ok["predicted_label"].to_pylist()).most_common(TOP_CLASSES)
     if predicted:
         result.append(charts.bars([name for name, _ in predicted], [count for _, count in predicted],
                                   f"Predicted classes (top {TOP_CLASSES})", "class"))
-    accuracy = _accuracy_by_label(ok)
+    accuracy = _accuracy_by_label(images_ok)
     if accuracy:
         result.append(charts.bars([name for name, _ in accuracy], [value for _, value in accuracy],
                                   "Accuracy by label", "label", y_max=1.0, value_format="{:.2f}"))
     return result
+
+
+def _metric_table(summary: AuditSummary, metrics: Sequence[Metric]) -> str:
+    """Per method, the mean of each metric over its explained records."""
+    header = ["method"] + [f"{metric.column} ({_direction(metric)})" for metric in metrics]
+    rows = [[method] + ["n/a" if means.get(m.column) is None else f"{means[m.column]:.4f}" for m in metrics]
+            for method, means in summary.metrics.items()]
+    notes = "".join(f"<li><b>{escape(m.column)}</b>: {escape(m.summary)}</li>" for m in metrics)
+    return f"{_table(header, rows)}<ul class='meta'>{notes}</ul>"
+
+
+def _metric_charts(table: pa.Table, metrics: Sequence[Metric], methods: Sequence[str]) -> list[str]:
+    """A histogram per metric over the explained records; with several methods, one series per method."""
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    result = []
+    for metric in metrics:
+        values = ok[metric.column].to_pylist()
+        span = charts.value_range(values)
+        title = f"{metric.column} ({_direction(metric)})"
+        if len(methods) > 1:
+            by_method = ok["method"].to_pylist()
+            series = {method: [v for v, m in zip(values, by_method) if m == method] for method in methods}
+            result.append(charts.grouped_histogram(series, title, "per record", value_range=span))
+        else:
+            result.append(charts.histogram(values, title, "per record", value_range=span))
+    return result
+
+
+def _direction(metric: Metric) -> str:
+    return "higher is more faithful" if metric.higher_is_better else "lower is more faithful"
 
 
 def _accuracy_by_label(ok: pa.Table) -> list[tuple[str, float]]:
@@ -136,10 +181,12 @@ def _accuracy_by_label(ok: pa.Table) -> list[tuple[str, float]]:
     return [(name, right[name] / totals[name]) for name in worst]
 
 
-def _gallery(rows: list[dict], tiles: dict[str, str]) -> str:
+def _gallery(rows: list[dict], tiles: dict[tuple[str, str], str], methods: Sequence[str] = (),
+             metric_columns: Sequence[str] = ()) -> str:
     figures = []
     for row in rows:
-        uri: Optional[str] = tiles.get(row["path"])
+        method = row.get("method") or (methods[0] if methods else "")
+        uri: Optional[str] = tiles.get((row["path"], method))
         name = escape(os.path.basename(row["path"]))
         image = (f"<img src='{uri}' alt='{name}' width='160' loading='eager'>" if uri
                  else "<div class='missing'>image no longer readable</div>")
@@ -147,10 +194,14 @@ def _gallery(rows: list[dict], tiles: dict[str, str]) -> str:
         if row.get("label") is not None:
             mark = {None: "", True: " ok", False: " <span class='bad'>wrong</span>"}[row.get("correct")]
             truth = f"<br>label {escape(str(row['label']))}{mark}"
+        shown = " &middot; ".join(f"{escape(column)} {row[column]:.3f}" for column in metric_columns
+                                  if row.get(column) is not None)
         figures.append(
-            f"<figure title='{escape(row['path'])}'>{image}<figcaption>{name}<br>"
+            f"<figure title='{escape(row['path'])}'>{image}<figcaption>{name}"
+            f"{f'<br>{escape(method)}' if len(methods) > 1 else ''}<br>"
             f"{escape(str(row['predicted_label']))} p={row['probability']:.3f}{truth}"
-            f"<br>spread {row['entropy']:.2f} &middot; hot {row['heat_above_half']:.0%}</figcaption></figure>")
+            f"<br>spread {row['entropy']:.2f} &middot; hot {row['heat_above_half']:.0%}"
+            f"{f'<br>{shown}' if shown else ''}</figcaption></figure>")
     return f"<div class='grid'>{''.join(figures)}</div>"
 
 

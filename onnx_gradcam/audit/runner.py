@@ -16,11 +16,12 @@ from ..errors import InputError
 from .config import AuditConfig, AuditModel, prepare_model
 from .decode import Decoded, decode_in_order
 from .journal import Journal
+from .measure import metric_columns
 from .pipeline import Explained
 from .readers import InputItem, collect_inputs
 from .summary import AuditSummary, Timings, summarize
 from .worker import AuditWorker
-from .writers import write_bytes
+from .writers import records_schema, write_bytes
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
@@ -33,10 +34,11 @@ def run_audit(config: AuditConfig) -> AuditSummary:
     if not items:
         raise InputError(f"no input images found in {' '.join(map(str, config.inputs))}")
     model = prepare_model(config)
-    journal = Journal(out_dir, save_heatmaps="heatmaps" in config.save, commit_every=config.commit_every)
+    journal = Journal(out_dir, save_heatmaps="heatmaps" in config.save, commit_every=config.commit_every,
+                      schema=records_schema(metric_columns(config.metrics)))
     try:  # the journal holds the folder's lock until the report is written
         journal.open(model.settings(config))
-        pending = [item for item in items if item.path not in journal.committed]
+        pending = [item for item in items if not journal.is_done(item.path, config.methods)]
         resumed = len(items) - len(pending)
         if resumed:
             print(f"resuming {out_dir}: {resumed} of {len(items)} inputs already committed", file=sys.stderr)
@@ -75,7 +77,8 @@ def run_local(config: AuditConfig, model: AuditModel, pending: list[InputItem], 
             batches = _timed(_chunks(decode_in_order(pending, worker.decode, pool, ahead), config.batch_size), timings)
             for batch in batches:
                 explained = worker.explain(batch)
-                timings.explain += explained.seconds
+                timings.explain += sum(one.seconds for one in explained)
+                timings.metrics += sum(one.measured.seconds for one in explained)
                 timings.commit_wait += committer.submit(batch, explained)
         finally:
             committer.close()
@@ -95,7 +98,7 @@ class _Committer:
         self.thread = threading.Thread(target=self._work, name="audit-commit", daemon=True)
         self.thread.start()
 
-    def submit(self, batch: list[Decoded], explained: Explained) -> float:
+    def submit(self, batch: list[Decoded], explained: list[Explained]) -> float:
         """Queue a batch for commit; return the seconds spent waiting for room."""
         start = time.perf_counter()
         job = (self.pool.submit(self.worker.results, batch, explained), len(batch))

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from .measure import metric_columns
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -18,10 +20,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class Timings:
-    """Where this run's wall time went (seconds); busy share = explain time / (wall time x runtimes)."""
+    """Where this run's wall time went (seconds); busy share = (explain + metrics time) / (wall time x runtimes)."""
 
     wall: float = 0.0
     explain: float = 0.0  # inside Explainer.explain: ONNX Runtime plus the heatmap math
+    metrics: float = 0.0  # faithfulness metrics: perturbed images through Explainer.predict, ROAD's imputation
     decode_wait: float = 0.0  # the explaining thread waiting for decoded images
     commit_wait: float = 0.0  # the explaining thread waiting for the writer
     images: int = 0
@@ -29,8 +32,8 @@ class Timings:
 
     @property
     def busy_share(self) -> Optional[float]:
-        """Share of wall time the runtimes spent explaining (None when nothing ran)."""
-        return self.explain / (self.wall * self.lanes) if self.wall > 0 and self.images else None
+        """Share of wall time the runtimes spent explaining and measuring (None when nothing ran)."""
+        return (self.explain + self.metrics) / (self.wall * self.lanes) if self.wall > 0 and self.images else None
 
     @property
     def images_per_second(self) -> Optional[float]:
@@ -40,9 +43,11 @@ class Timings:
 
 @dataclass
 class AuditSummary:
-    """Counts over all records in the folder, and what this run did; exit_code is 1 when any input failed."""
+    """Counts over all records in the folder (one per input and method), and what this run did; exit_code is 1
+    when any input failed. metrics: per method, the mean of each metric column over its explained records."""
 
     out_dir: str
+    inputs: int
     records: int
     ok: int
     errors: int
@@ -57,7 +62,10 @@ class AuditSummary:
     explain_seconds: float
     decode_wait_seconds: float
     commit_wait_seconds: float
+    metrics_seconds: float
     method: str
+    methods: list[str]
+    metrics: dict[str, dict[str, Optional[float]]]
     model: str
     report: Optional[str]
 
@@ -70,13 +78,27 @@ class AuditSummary:
 def summarize(config: "AuditConfig", table: "pa.Table", resumed: int, timings: Timings) -> AuditSummary:
     """The summary of the merged records in table and of this run's timings (report left unset)."""
     status = np.asarray(table["status"].to_pylist(), dtype=object)
-    correct = [c for c in table["correct"].to_pylist() if c is not None]
+    methods = np.asarray(table["method"].to_pylist(), dtype=object)
+    # Predictions do not depend on the method: accuracy counts each input once, in the first method's records.
+    correct = [c for c, m in zip(table["correct"].to_pylist(), methods) if c is not None and m == config.methods[0]]
+    columns = metric_columns(config.metrics)
+    means = {method: {column: _mean(table[column].to_pylist(), (methods == method) & (status == "ok"))
+                      for column in columns} for method in config.methods} if columns else {}
     return AuditSummary(
-        out_dir=str(config.out_dir), records=table.num_rows, ok=int((status == "ok").sum()),
-        errors=int((status == "error").sum()), duplicates=table.num_rows - table["duplicate_of"].null_count,
+        out_dir=str(config.out_dir), inputs=len(set(table["path"].to_pylist())), records=table.num_rows,
+        ok=int((status == "ok").sum()), errors=int((status == "error").sum()),
+        duplicates=table.num_rows - table["duplicate_of"].null_count,
         labelled=len(correct), accuracy=float(np.mean(correct)) if correct else None, resumed=resumed,
         processed=timings.images, seconds=round(timings.wall, 3),
         images_per_second=timings.images_per_second, busy_share=timings.busy_share,
         explain_seconds=round(timings.explain, 3), decode_wait_seconds=round(timings.decode_wait, 3),
-        commit_wait_seconds=round(timings.commit_wait, 3),
-        method=config.method, model=os.fspath(config.model), report=None)
+        commit_wait_seconds=round(timings.commit_wait, 3), metrics_seconds=round(timings.metrics, 3),
+        method=config.method, methods=list(config.methods), metrics=means,
+        model=os.fspath(config.model), report=None)
+
+
+def _mean(values: list, rows: np.ndarray) -> Optional[float]:
+    """Mean of the finite values at rows (None when there are none)."""
+    chosen = np.asarray([v for v, keep in zip(values, rows) if keep and v is not None], np.float64)
+    chosen = chosen[np.isfinite(chosen)]
+    return float(chosen.mean()) if chosen.size else None

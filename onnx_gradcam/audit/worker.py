@@ -9,13 +9,16 @@ from typing import Optional, Sequence
 
 from .config import AuditConfig, AuditModel
 from .decode import Decoded, Decoder
+from .measure import Measurer
 from .pipeline import BatchExplainer, BatchResult, Explained, build_explainer
 from .readers import InputItem
 
 
 class AuditWorker:
-    """The decoder, the Explainer (its session loaded here, not in the first batch) and the BatchExplainer of a run.
+    """The decoder, the Explainer (its sessions loaded here, not in the first batch) and the BatchExplainer of a run.
 
+    Each input is decoded once and explained once per method of the run, all with the one Explainer (methods
+    reading the same outputs share its sessions); the metrics run through the same Explainer's predict.
     thumbnails: keep a small RGB copy of each decoded image (default: when overlays are saved).
     intra_op_threads: cap ONNX Runtime's threads (one for each Ray CPU actor).
     """
@@ -25,18 +28,23 @@ class AuditWorker:
         overlays = "overlays" in config.save
         self.decoder = Decoder(model.preprocess, config.max_pixels,
                                thumbnails=overlays if thumbnails is None else thumbnails)
-        explainer = build_explainer(model.model_bytes, config.device, config.method, config.batch_size,
-                                    model.preprocess, intra_op_threads)
-        self.batcher = BatchExplainer(explainer, model.target_class, model.labels, overlays, config.overlay_format)
+        explainer = build_explainer(model.model_bytes, config.device, config.methods, config.batch_size,
+                                    model.preprocess, intra_op_threads, spinning=not config.metrics)
+        measurer = (Measurer(explainer, config.metrics, config.metric_options, explainer.layout, explainer.batch_size)
+                    if config.metrics else None)
+        self.batcher = BatchExplainer(explainer, model.target_class, model.labels, overlays, config.overlay_format,
+                                      methods=config.methods, measurer=measurer)
 
     def decode(self, item: InputItem) -> Decoded:
         """item read and decoded; a failure is a reason in the result, never an exception (thread-safe)."""
         return self.decoder(item)
 
-    def explain(self, batch: Sequence[Decoded], classes: Optional[Sequence[int]] = None) -> Explained:
-        """The model run on the batch's decodable inputs (classes: one per input, default the run's --class)."""
-        return self.batcher.explain(batch, classes)
+    def explain(self, batch: Sequence[Decoded], classes: Optional[Sequence[int]] = None,
+                methods: Optional[Sequence[str]] = None, measure: bool = True) -> list[Explained]:
+        """The model run on the batch's decodable inputs, once per method (default: the run's methods), with the
+        run's metrics unless measure is False; classes: one per input, default the run's --class."""
+        return self.batcher.explain_all(batch, classes, methods, measure)
 
-    def results(self, batch: Sequence[Decoded], explained: Explained) -> BatchResult:
-        """A record per input of the batch, with its heatmap and overlay bytes (or None); thread-safe."""
+    def results(self, batch: Sequence[Decoded], explained: Sequence[Explained]) -> BatchResult:
+        """A record per input and method, with its heatmap and overlay bytes (or None); thread-safe."""
         return self.batcher.results(batch, explained)

@@ -17,16 +17,23 @@ from .stats import STAT_COLUMNS
 PathLike = Union[str, os.PathLike]
 TEMPORARY_SUFFIX = ".tmp"
 
-RECORD_SCHEMA = pa.schema(
-    [("path", pa.string()), ("label", pa.string()), ("label_index", pa.int64()),
-     ("status", pa.string()), ("reason", pa.string()),
-     ("predicted_class", pa.int64()), ("predicted_label", pa.string()), ("probability", pa.float64()),
-     ("explained_class", pa.int64()), ("explained_label", pa.string()), ("score", pa.float64()),
-     ("correct", pa.bool_())]
-    + [(name, pa.float64()) for name in STAT_COLUMNS]
-    + [("width", pa.int64()), ("height", pa.int64()), ("size_bytes", pa.int64()), ("content_hash", pa.string()),
-       ("duplicate_of", pa.string()), ("heatmap_file", pa.string()), ("heatmap_index", pa.int64()),
-       ("overlay_file", pa.string()), ("part", pa.int64())])
+
+
+def records_schema(metric_columns: Sequence[str] = ()) -> pa.Schema:
+    """The records' schema: a row per (path, method); metric columns only for the metrics a run measures."""
+    return pa.schema(
+        [("path", pa.string()), ("method", pa.string()), ("label", pa.string()), ("label_index", pa.int64()),
+         ("status", pa.string()), ("reason", pa.string()),
+         ("predicted_class", pa.int64()), ("predicted_label", pa.string()), ("probability", pa.float64()),
+         ("explained_class", pa.int64()), ("explained_label", pa.string()), ("score", pa.float64()),
+         ("correct", pa.bool_())]
+        + [(name, pa.float64()) for name in (*STAT_COLUMNS, *metric_columns)]
+        + [("width", pa.int64()), ("height", pa.int64()), ("size_bytes", pa.int64()), ("content_hash", pa.string()),
+           ("duplicate_of", pa.string()), ("heatmap_file", pa.string()), ("heatmap_index", pa.int64()),
+           ("overlay_file", pa.string()), ("part", pa.int64())])
+
+
+RECORD_SCHEMA = records_schema()
 
 
 def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None], durable: bool = True) -> None:
@@ -54,10 +61,10 @@ def write_bytes(path: PathLike, data: bytes, durable: bool = True) -> None:
     atomic_write(path, lambda handle: handle.write(data), durable)
 
 
-def records_table(records: Sequence[dict]) -> pa.Table:
+def records_table(records: Sequence[dict], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
     """The records as an Arrow table with the audit schema (missing fields are null)."""
-    columns = {name: [record.get(name) for record in records] for name in RECORD_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+    columns = {name: [record.get(name) for record in records] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 def write_parquet(path: PathLike, table: pa.Table) -> None:
@@ -70,10 +77,14 @@ def write_csv(path: PathLike, table: pa.Table) -> None:
     atomic_write(path, lambda handle: pa_csv.write_csv(table, handle))
 
 
-def write_heatmap_shard(path: PathLike, paths: Sequence[str], heatmaps: Sequence[np.ndarray]) -> None:
-    """Write heatmaps [n,H,W] (float16, in record order) and their input paths as a compressed .npz."""
-    stacked = np.stack([np.asarray(h, np.float16) for h in heatmaps])
-    atomic_write(path, lambda handle: np.savez_compressed(handle, heatmaps=stacked, paths=np.asarray(paths, dtype=str)))
+def write_heatmap_shard(path: PathLike, paths: Sequence[str], heatmaps: Sequence[np.ndarray],
+                        methods: Optional[Sequence[str]] = None) -> None:
+    """Write heatmaps [n,H,W] (float16, in record order), their input paths (and methods) as a compressed .npz."""
+    arrays = {"heatmaps": np.stack([np.asarray(h, np.float16) for h in heatmaps]),
+              "paths": np.asarray(paths, dtype=str)}
+    if methods is not None:
+        arrays["methods"] = np.asarray(methods, dtype=str)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def read_heatmap(out_dir: PathLike, heatmap_file: str, heatmap_index: int) -> np.ndarray:
@@ -95,9 +106,17 @@ def remove_temporaries(folders: Iterable[PathLike]) -> int:
     return removed
 
 
-def read_table(path: PathLike, columns: Optional[list[str]] = None) -> pa.Table:
-    """Read a Parquet file written by write_parquet, cast to the audit schema."""
-    table = pq.read_table(path, columns=columns)
-    if columns is None:
-        table = table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
-    return table
+def read_table(path: PathLike, columns: Optional[list[str]] = None, schema: pa.Schema = RECORD_SCHEMA,
+               defaults: Optional[dict] = None) -> pa.Table:
+    """Read a Parquet file written by write_parquet: the schema's columns (or those named), cast to it.
+
+    A column the file lacks (one written before the column existed) reads as defaults[name], or null.
+    """
+    names = columns or schema.names
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[name for name in names if name in present])
+    for name in names:
+        if name not in present:
+            value = (defaults or {}).get(name)
+            table = table.append_column(name, pa.array([value] * table.num_rows, schema.field(name).type))
+    return table.select(names).cast(pa.schema([schema.field(name) for name in names]))

@@ -80,13 +80,14 @@ def subprocess_env() -> dict:
 
 
 def tiny_plain_model(path: Path) -> Path:
-    """A plain (not augmented) ONNX CNN for 1x28x28 inputs: Conv, Relu, GlobalAveragePool, Flatten, Gemm."""
+    """A plain (not augmented) ONNX CNN for 1x28x28 inputs: Conv (8 channels, the fewest `target="auto"` takes),
+    Relu, GlobalAveragePool, Flatten, Gemm."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weights = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
-               for name, shape in [("conv_w", (4, 1, 3, 3)), ("conv_b", (4,)), ("fc_w", (10, 4)), ("fc_b", (10,))]]
+               for name, shape in [("conv_w", (8, 1, 3, 3)), ("conv_b", (8,)), ("fc_w", (10, 8)), ("fc_b", (10,))]]
     nodes = [helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["conv"], ["relu"]),
              helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),

@@ -67,7 +67,10 @@ def test_demo_audit_writes_inputs_manifest_records_and_report(tmp_path):
     assert sum(row["correct"] for row in rows) >= 27
     assert (tmp_path / "inputs" / "labels.csv").read_text().startswith("path,label\n")
     assert all((tmp_path / row["overlay_file"]).exists() for row in rows)
-    assert "<img" in (tmp_path / "report.html").read_text()
+    assert all(row[column] is not None for row in rows for column in ("road_combined", "deletion_auc",
+                                                                      "insertion_auc"))
+    html = (tmp_path / "report.html").read_text()
+    assert "<img" in html and "Least faithful" in html and 'aria-label="insertion_auc (' in html
 
 
 def test_progress_bar_shows_images_per_second(model_path, tmp_path, capsys):
@@ -91,4 +94,23 @@ def test_plain_model_is_augmented_for_an_input_gradient_method(tmp_path, capsys)
 def test_input_gradient_method_on_a_model_without_that_output_is_a_usage_error(model_path, tmp_path, capsys):
     write_digits(tmp_path / "digits", 1)
     assert audit(model_path, tmp_path / "digits", "--out", tmp_path / "out", "--method", "saliency") == 2
+    assert "needs a model augmented with --input-gradient" in capsys.readouterr().err
+
+
+def test_a_plain_model_is_augmented_once_for_what_any_of_the_methods_reads(tmp_path, capsys):
+    from audit_helpers import tiny_plain_model
+
+    write_digits(tmp_path / "digits", 2)
+    model = tiny_plain_model(tmp_path / "plain.onnx")
+    assert audit(model, tmp_path / "digits", "--out", tmp_path / "out", "--method", "hirescam,saliency",
+                 "--preprocess", '{"channel_order": "GRAY"}') == 0
+    rows = pq.read_table(tmp_path / "out" / "records.parquet").to_pylist()
+    assert sorted(row["method"] for row in rows) == ["hirescam", "hirescam", "saliency", "saliency"]
+    assert all(row["status"] == "ok" for row in rows)
+    assert capsys.readouterr().err.count("plain model: augmenting it") == 1
+
+
+def test_a_method_the_augmented_model_cannot_serve_is_a_usage_error_naming_it(model_path, tmp_path, capsys):
+    write_digits(tmp_path / "digits", 1)
+    assert audit(model_path, tmp_path / "digits", "--out", tmp_path / "out", "--method", "hirescam,saliency") == 2
     assert "needs a model augmented with --input-gradient" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The audit on a local Ray instance with 2 CPU actors gives the same records as the local pipeline."""
+"""The audit on a local Ray instance with 2 CPU actors gives the same records as the local pipeline (two methods,
+two metrics)."""
 from __future__ import annotations
 
 import math
@@ -31,15 +32,17 @@ def test_ray_records_equal_local_records(local_ray, model_path, tmp_path):
     inputs = [str(tmp_path / "digits"), str(tmp_path / "bad"), str(bad["missing.png"])]
 
     def audit(out, **kwargs):
-        return run_audit(AuditConfig(model=model_path, inputs=inputs, out_dir=tmp_path / out, method="hirescam",
-                                     batch_size=8, workers=2, save={"heatmaps", "overlays"}, progress=False,
-                                     report=False, **kwargs))
+        return run_audit(AuditConfig(model=model_path, inputs=inputs, out_dir=tmp_path / out,
+                                     method="hirescam,gradcam", metrics="confidence,deletion",
+                                     metric_options={"deletion": {"steps": 4}}, batch_size=8, workers=2,
+                                     save={"heatmaps", "overlays"}, progress=False, report=False, **kwargs))
 
     local, distributed = audit("local"), audit("ray", ray=True)
     assert distributed.exit_code == local.exit_code == 1
     local_rows = pq.read_table(tmp_path / "local" / "records.parquet").to_pylist()
     ray_rows = pq.read_table(tmp_path / "ray" / "records.parquet").to_pylist()
-    assert [r["path"] for r in ray_rows] == [r["path"] for r in local_rows] and len(local_rows) == 40 + len(bad)
+    assert [(r["path"], r["method"]) for r in ray_rows] == [(r["path"], r["method"]) for r in local_rows]
+    assert len(local_rows) == 2 * (40 + len(bad)) and {"confidence_change", "deletion_auc"} <= set(local_rows[0])
     for mine, theirs in zip(ray_rows, local_rows):
         for key, value in mine.items():
             if key in PLACEMENT:

@@ -52,6 +52,47 @@ def test_tiles_are_made_once_per_readable_path_and_unreadable_ones_left_out(mode
     rows = [{"path": str(first), "explained_class": 1}, {"path": str(second), "explained_class": 2},
             {"path": str(first), "explained_class": 1}, {"path": str(tmp_path / "gone.png"), "explained_class": 0}]
     tiles = render_tiles(rows, config, prepare_model(config))
-    assert sorted(tiles) == sorted([str(first), str(second)])
+    assert sorted(tiles) == sorted([(str(first), "hirescam"), (str(second), "hirescam")])
     assert all(uri.startswith("data:image/png;base64,") for uri in tiles.values())
     assert render_tiles([], config, prepare_model(config)) == {}
+
+
+def test_tiles_of_several_methods_are_keyed_by_path_and_method_and_match_explainer_oracle(model_path, tmp_path):
+    from onnx_gradcam.explainer import Explainer
+    from onnx_gradcam.render import overlay, read_image
+
+    (first, _), = write_digits(tmp_path / "digits", 1)
+    config = AuditConfig(model=model_path, inputs=[str(tmp_path)], out_dir=tmp_path / "out",
+                         method="hirescam,gradcam")
+    rows = [{"path": str(first), "method": method, "explained_class": 3} for method in ("gradcam", "hirescam")]
+    tiles = render_tiles(rows, config, prepare_model(config))
+    assert sorted(tiles) == [(str(first), "gradcam"), (str(first), "hirescam")]
+    for method in ("gradcam", "hirescam"):
+        image = read_image(first)
+        heatmap = Explainer(model_path, method=method).explain([image], target_class=3).heatmaps[0]
+        assert tiles[(str(first), method)] == tile_uri(overlay(image, heatmap))
+
+
+def test_least_faithful_gallery_follows_the_metric_direction():
+    from onnx_gradcam.metrics import METRICS
+    from onnx_gradcam.audit.writers import records_schema
+
+    schema = records_schema(["road_combined", "deletion_auc"])
+    rows = [dict(row(f"/{name}", 0.9, 0.5, True), method="gradcam", road_combined=road, deletion_auc=deletion)
+            for name, road, deletion in [("a", 0.3, 0.2), ("b", -0.1, 0.7), ("c", None, 0.9), ("d", 0.1, 0.1)]]
+    table = records_table(rows, schema)
+    road = select_galleries(table, size=2, metric=METRICS["road"])["least faithful"]
+    assert [r["path"] for r in road] == ["/b", "/d"]  # higher is better: the lowest first, nulls left out
+    deletion = select_galleries(table, size=2, metric=METRICS["deletion"])["least faithful"]
+    assert [r["path"] for r in deletion] == ["/c", "/b"]  # lower is better: the highest first
+    assert "least faithful" not in select_galleries(table)
+
+
+def test_grouped_histogram_is_well_formed_svg_with_a_bar_per_bin_and_series():
+    svg = charts.grouped_histogram({"gradcam": [0.1, 0.2, None], "hirescam": [0.9, float("nan")]}, "ROAD",
+                                   "per record", bins=5, value_range=charts.value_range([0.1, 0.9]))
+    root = ElementTree.fromstring(svg)
+    namespace = "{http://www.w3.org/2000/svg}"
+    bars = [rect for rect in root.iter() if rect.tag in ("rect", namespace + "rect") and rect.find("title") is not None]
+    assert len(bars) == 2 * 5 and "gradcam" in svg and "hirescam" in svg
+    assert charts.value_range([None, float("nan")]) == (0.0, 1.0) and charts.value_range([2, 2]) == (1.5, 2.5)

@@ -172,3 +172,14 @@ def test_kill_while_parts_are_removed_after_the_merge_changes_nothing(model_path
     summary = run_audit(config(model_path, [tmp_path / "digits"], out, commit_every=4))
     assert summary.processed == 0 and records(out) == merged
     no_leftovers(out)
+
+
+def test_an_audit_written_before_the_method_column_resumes_without_redoing_anything(model_path, tmp_path):
+    write_digits(tmp_path / "digits", 6)
+    out = tmp_path / "out"
+    run_audit(config(model_path, [tmp_path / "digits"], out))
+    table = pq.read_table(out / "records.parquet")
+    pq.write_table(table.drop_columns(["method"]), out / "records.parquet")  # as older versions wrote it
+    summary = run_audit(config(model_path, [tmp_path / "digits"], out))
+    assert summary.processed == 0 and summary.records == 6
+    assert records(out) == table.to_pylist()  # the method column is filled in with the run's one method
