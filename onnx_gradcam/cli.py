@@ -177,7 +177,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import write_contact_sheet
 
     out_dir = Path(args.output)
-    code = run_demo_audit(out_dir, count=args.count, method=args.method)
+    metrics = tuple(name.strip() for name in args.metrics.split(",") if name.strip())
+    code = run_demo_audit(out_dir, count=args.count, method=args.method, metrics=metrics)
     write_contact_sheet(out_dir, method=args.method)
     print(f"contact sheet: {out_dir / 'contact_sheet.png'}")
     return code
@@ -243,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     # The demo model is augmented without input gradients: the methods that need no augment flag.
     demo_methods = [entry.name for entry in registered_methods() if not entry.augment_flags]
     demo.add_argument("--method", default="hirescam", choices=demo_methods)
+    from .audit.demo import DEMO_METRICS
+
+    demo.add_argument("--metrics", default=",".join(DEMO_METRICS),
+                      help=f"faithfulness metrics for the records and report (default {','.join(DEMO_METRICS)}; "
+                           "'' for none)")
     demo.set_defaults(func=_demo)
 
     from .audit.cli import add_audit_parser

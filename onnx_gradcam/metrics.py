@@ -27,8 +27,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 import cv2
 import numpy as np
 import onnx
-from scipy.sparse import csc_matrix
-from scipy.sparse.linalg import splu
 
 from .errors import InputError
 from .graph.augment import LOGITS, TARGET_CLASS
@@ -229,6 +227,10 @@ def _solve_linear_imputation(image: np.ndarray, known: np.ndarray, unknown: np.n
     factors small: measured on 224x224, about 1.5x faster than SuperLU's own orderings, and building
     the system without Python loops over pixels removes the other half of pytorch-grad-cam's time.
     """
+    # scipy loads on first use: importing it costs every command-line start a fifth of a second.
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+
     height, width = known.shape
     pixels = unknown[np.argsort(_dissection_rank(height, width)[unknown], kind="stable")]
     count = pixels.size
