@@ -473,7 +473,8 @@ class Metric:
 
 METRICS = MappingProxyType({
     "road": Metric("road", road, "road_combined", True,
-                   "ROAD combined: (LeRF - MoRF) / 2 of the class probability change, 9 percentiles"),
+                   "ROAD combined: (LeRF - MoRF) / 2 of the class probability change, averaged over the percentiles "
+                   "(10, 20, ..., 90 unless the run sets others: see run.json)"),
     "deletion": Metric("deletion", deletion_auc, "deletion_auc", False,
                        "area under the class probability as the most relevant pixels are removed"),
     "insertion": Metric("insertion", insertion_auc, "insertion_auc", True,
