@@ -638,6 +638,22 @@ case("Split", "unused_middle_opset11",
 
 # ---------------------------------------------------------------- harness
 
+# A scalar index on an axis whose length is known only at run time (the height, through a value no
+# shape inference can compute): the gradient is a Pad of one row with pads computed in the graph.
+_HIDDEN_HEIGHT = [node("Shape", ["t"], ["t_shape"]), node("Abs", ["t"], ["a"]), node("ReduceMean", ["a"], ["m"]),
+                  node("Reshape", ["m", "one"], ["m1"]), node("Neg", ["m1"], ["n"]),
+                  node("Concat", ["m1", "n"], ["pair"], axis=0), node("ArgMax", ["pair"], ["zero"], keepdims=1),
+                  node("Slice", ["t_shape", "zero_i", "two"], ["lead"]), node("Slice", ["t_shape", "two", "three"], ["h"]),
+                  node("Add", ["h", "zero"], ["h_hidden"]), node("Slice", ["t_shape", "three", "four"], ["w"]),
+                  node("Concat", ["lead", "h_hidden", "w"], ["hidden_shape"], axis=0),
+                  node("Reshape", ["t", "hidden_shape"], ["hidden"])]
+for _index in (0, -2):
+    case("Gather", f"scalar_index_{_index}_on_an_axis_of_run_time_length",
+         _HIDDEN_HEIGHT + [node("Gather", ["hidden", "index"], ["y"], axis=2)],
+         lambda t, w, i=_index: t[:, :, i],
+         init={"one": ints(1), "zero_i": ints(0), "two": ints(2), "three": ints(3), "four": ints(4),
+               "index": np.array(_index, np.int64)})
+
 # Cases of further op families register themselves in CASES when imported.
 import rule_cases_math  # noqa: E402,F401
 import rule_cases_indexing  # noqa: E402,F401

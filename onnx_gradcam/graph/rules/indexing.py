@@ -32,6 +32,9 @@ def _gather(node, grads, needed, b):
     length = (b.shapes.get(x) or [None] * (axis + 1))[axis]
     length = length if isinstance(length, int) else None
     index_value = b.constant_value(indices)
+    rank = b.rank(x)
+    if index_value is not None and index_value.ndim == 0 and rank is not None:
+        return [_scalar_gather_gradient(b, x, grads[0], axis, rank, int(index_value), length), None]
     index_shape = list(index_value.shape) if index_value is not None else b.static_dims(indices)
     # dy as [p..., K, S]: the index axes flattened into one, the axes after `axis` into another.
     if index_shape is not None:
@@ -60,6 +63,26 @@ def _gather(node, grads, needed, b):
         zeros = b.op("Reshape", b.zeros_like(x), b.const([0] * (axis + 1) + [-1], np.int64))  # [p..., J, S]
         spread = b.op("ScatterElements", zeros, index_grid, grad, axis=axis, reduction="add")
     return [b.reshape_like(spread, x), None]
+
+
+def _scalar_gather_gradient(b, x: str, grad: str, axis: int, rank: int, index: int, length) -> str:
+    """dx of y = x.take(index, axis) for one constant index: dy put back at row `index`, zeros around it.
+
+    A Pad of one row writes dx once; the general scatter would also build an index tensor of dx's size
+    (ViT's class token x[:, 0], and the q, k, v rows of a packed attention projection, take this path).
+    """
+    row = b.unsqueeze(grad, [axis])
+    if length is not None:
+        before = index % length
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = before, length - before - 1
+        return b.pad(row, pads)
+    size = b.op("Gather", b.shape(x), b.const([axis], np.int64), axis=0)
+    before = b.const([index], np.int64) if index >= 0 else b.op("Add", size, b.const([index], np.int64))
+    after = b.op("Sub", b.op("Sub", size, before), b.const([1], np.int64))
+    zeros = b.const([0] * axis, np.int64)
+    rest = b.const([0] * (rank - axis - 1), np.int64)
+    return b.pad(row, b.op("Concat", zeros, before, rest, zeros, after, rest, axis=0))
 
 
 @rule("GatherElements")
