@@ -232,6 +232,34 @@ def draw_detections(
     return canvas
 
 
+def outline_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: Sequence[int] = (255, 255, 255),
+    caption: str | None = None,
+    line_width: int | None = None,
+) -> np.ndarray:
+    """Return a uint8 RGB copy of image with the outline of a bool [H,W] mask (the image's size) drawn in color,
+    and caption on a tab at the top-left corner of the mask's bounding box.
+
+    Draw over ``overlay(image, heatmap)`` to show where a class was predicted against where its heatmap is.
+    """
+    canvas = np.rint(_rgb_float(image)).astype(np.uint8)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != canvas.shape[:2]:
+        raise InputError(f"mask must be [H,W] of the image's size {list(canvas.shape[:2])}, got {list(mask.shape)}")
+    if line_width is not None and line_width < 1:
+        raise InputError(f"line_width must be a positive number of pixels, got {line_width}")
+    color = tuple(int(channel) for channel in color)
+    width = line_width or max(round(sum(canvas.shape[:2]) / 2 * 0.003), 2)  # as draw_detections
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(canvas, contours, -1, color, width, cv2.LINE_AA)
+    if caption and mask.any():
+        rows, columns = np.nonzero(mask)
+        _put_box_caption(canvas, caption, (int(columns.min()), int(rows.min())), color, width)
+    return canvas
+
+
 def _box_colors(colors, labels: Sequence[str] | None, count: int) -> list[tuple[int, int, int]]:
     """One RGB colour per box: given, repeated, or picked from the palette by label."""
     if colors is None:

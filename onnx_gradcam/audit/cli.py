@@ -5,8 +5,9 @@ import argparse
 
 from ..errors import GradCamError
 
-DESCRIPTION = """Explain every image of a dataset with an ONNX classifier. Writes records.parquet (one row per
-input and method: prediction, explained class, heatmap statistics, faithfulness metrics, status and reason),
+DESCRIPTION = """Explain every image of a dataset with an ONNX classifier, detector or segmenter. Writes
+records.parquet (one row per input and method: prediction, explained class, heatmap statistics, faithfulness
+metrics, status and reason; with --task detect one per box, with --task segment one per class present),
 optional heatmap shards and overlays, and report.html. Rerunning the same command resumes an interrupted run.
 Exit code: 0 when every input was explained, 1 when some failed (records.parquet says why), 2 on usage errors."""
 
@@ -39,8 +40,19 @@ def add_audit_parser(subparsers) -> None:
                        help=METRICS_HELP.format(names=", ".join(METRICS), columns="; ".join(
                            f"{name} -> {metric.column} ({'higher' if metric.higher_is_better else 'lower'} is "
                            "more faithful)" for name, metric in METRICS.items())))
+    audit.add_argument("--task", default="classify", choices=("classify", "detect", "segment"),
+                       help="classify: a record per input (default); detect: a record per box after NMS (a YOLO "
+                            "head [N,4+C,A] or [N,A,5+C]); segment: a record per class present (logits [N,C,H,W])")
+    audit.add_argument("--score", default=None, metavar="TENSOR",
+                       help="detect/segment: the output to explain when MODEL is plain (default: its only float "
+                            "output, e.g. the raw detection head before NMS)")
+    audit.add_argument("--conf", type=float, default=None, help="detect: box score threshold (default 0.25)")
+    audit.add_argument("--iou", type=float, default=None, help="detect: NMS IoU threshold (default 0.45)")
+    audit.add_argument("--max-det", type=_positive, default=None, metavar="N",
+                       help="detect: at most N boxes per image (default 300)")
     audit.add_argument("--class", dest="target_class", default=None, metavar="N|LABEL",
-                       help="class to explain, as an index or a name from --labels (default: each image's top class)")
+                       help="class to explain, as an index or a name from --labels (default: each image's top "
+                            "class); detect/segment: only the boxes or masks of this class")
     audit.add_argument("--labels", help="class names: one per line, or JSON")
     audit.add_argument("--save", type=_save_list, default=frozenset(), metavar="overlays,heatmaps",
                        help="also write overlay images and/or heatmap shards (.npz)")
@@ -74,11 +86,27 @@ def run_audit_command(args: argparse.Namespace) -> int:
         save=args.save,
         workers=args.workers, csv=args.csv, ray=args.ray or bool(args.ray_address), ray_address=args.ray_address,
         preprocess=args.preprocess, target=args.target, overlay_format=args.overlay_format,
-        max_pixels=args.max_pixels, commit_every=args.commit_every, report=args.report, progress=args.progress)
+        max_pixels=args.max_pixels, commit_every=args.commit_every, report=args.report, progress=args.progress,
+        **_task_options(args))
     _quiet_opencv()
     summary = run_audit(config)
     print(format_summary(summary))
     return summary.exit_code
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    """--task and the options that go with it; an option given for a task that does not use it is an InputError."""
+    from ..errors import InputError
+
+    given = {name: value for name, value in (("score", args.score), ("conf", args.conf), ("iou", args.iou),
+                                             ("max_det", args.max_det)) if value is not None}
+    used = {"classify": (), "detect": ("score", "conf", "iou", "max_det"), "segment": ("score",)}[args.task]
+    unused = [name for name in given if name not in used]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise InputError(f"{flags} {'does' if len(unused) == 1 else 'do'} not apply to --task {args.task}"
+                         + ("; add --task detect" if args.task != "detect" else ""))
+    return {"task": args.task, **given}
 
 
 def _quiet_opencv() -> None:
@@ -95,9 +123,15 @@ def format_summary(summary) -> str:
     """Human-readable lines about a finished audit."""
     several = len(summary.methods) > 1
     what = (f"{summary.inputs} inputs with {len(summary.methods)} methods ({summary.records} records)" if several
+            else f"{summary.inputs} inputs ({summary.records} records)" if summary.items is not None
             else f"{summary.records} inputs")
     lines = [f"audited {what} into {summary.out_dir}: {summary.ok} explained, "
              f"{summary.errors} failed, {summary.duplicates} duplicate content"]
+    if summary.items is not None:
+        found = "boxes" if summary.task == "detect" else "classes present"
+        none = "without a box" if summary.task == "detect" else "with no class asked for"
+        lines.append(f"{summary.items} {found} explained; {summary.empty} inputs{' x methods' if several else ''} "
+                     f"{none}")
     if summary.accuracy is not None:
         lines.append(f"accuracy {summary.accuracy:.2%} on {summary.labelled} labelled images")
     for method, means in summary.metrics.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from .measure import check_options, effective_options, parse_metrics
 
 SAVE_CHOICES = ("overlays", "heatmaps")
 OVERLAY_FORMATS = ("jpg", "png")
+# classify: a record per input (and method); detect: per box after NMS; segment: per class present.
+AUDIT_TASKS = ("classify", "detect", "segment")
 
 
 @dataclass
@@ -46,6 +49,11 @@ class AuditConfig:
     progress: bool = True
     metrics: Union[str, Sequence[str]] = ()  # faithfulness metrics (metrics.METRICS names), one column each
     metric_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # metric -> its keyword options
+    task: str = "classify"  # what the model does (AUDIT_TASKS); detect and segment explain each box / class present
+    score: str = "auto"  # detect/segment: the output to explain when the model is plain ("auto": its only float one)
+    conf: float = 0.25  # detect: box score threshold
+    iou: float = 0.45  # detect: NMS IoU threshold
+    max_det: int = 300  # detect: at most this many boxes per image
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -61,8 +69,25 @@ class AuditConfig:
         self.method = ",".join(self.methods)
         self.metrics = parse_metrics(self.metrics)
         self.metric_options = check_options(self.metrics, self.metric_options)
+        self._check_task()
         if not self.workers:
             self.workers = max(1, min(8, os.cpu_count() or 1))
+
+    def _check_task(self) -> None:
+        if self.task not in AUDIT_TASKS:
+            raise InputError(f"--task must be one of {', '.join(AUDIT_TASKS)}, got {self.task!r}")
+        if self.task == "classify":
+            if self.score != "auto":
+                raise InputError("--score names the output a detect or segment audit explains; a classify audit "
+                                 "explains the logits (drop --score, or add --task detect|segment)")
+            return
+        if self.metrics:
+            raise InputError(f"--metrics measure how a heatmap changes the class probability of a classifier; they "
+                             f"do not apply to --task {self.task}: drop --metrics, or audit a classifier")
+        if self.task == "detect" and not (math.isfinite(self.conf) and self.conf >= 0 and 0 <= self.iou <= 1
+                                          and self.max_det >= 1):
+            raise InputError(f"need --conf >= 0, 0 <= --iou <= 1 and --max-det >= 1, got {self.conf}, {self.iou} "
+                             f"and {self.max_det}")
 
 
 @dataclass
@@ -74,6 +99,7 @@ class AuditModel:
     labels: Optional[list[str]]
     target_class: Optional[int]
     sha256: str
+    score: Optional[str] = None  # the output a seeded model explains (detect, segment)
 
     def settings(self, config: AuditConfig) -> dict:
         """What must be equal for a rerun to resume this run rather than mix two different audits."""
@@ -83,6 +109,10 @@ class AuditModel:
                     "overlay_format": config.overlay_format, "max_pixels": config.max_pixels}
         if config.metrics:  # absent when none, as in audits made before metrics existed
             settings["metrics"] = effective_options(config.metrics, config.metric_options)
+        if config.task != "classify":  # absent for classify, as in audits made before tasks existed
+            settings.update(task=config.task, score=self.score)
+            if config.task == "detect":
+                settings.update(conf=config.conf, iou=config.iou, max_det=config.max_det)
         return settings
 
 
@@ -92,17 +122,28 @@ def prepare_model(config: AuditConfig) -> AuditModel:
     from ..prepare import prepare_model as prepare_for_method
 
     prepared = prepare_for_method(Path(config.model), methods_entry(config.methods), target=config.target,
-                                  preprocess=config.preprocess)
+                                  preprocess=config.preprocess, task=config.task, score=config.score)
     for note in prepared.notes:
         print(note, file=sys.stderr)
     proto, preprocess = prepared.model, prepared.preprocess
+    metadata = augmented_metadata(proto)
     if preprocess.size is None:
-        preprocess = _with_model_size(preprocess, augmented_metadata(proto))
+        preprocess = _with_model_size(preprocess, metadata)
+    score = None
+    if config.task != "classify":
+        from .task_pipeline import check_task_score
+
+        score = metadata.get("score")
+        shape = json.loads(metadata.get("score_shape") or "null")
+        check_task_score(config.task, metadata.get("seed") == "true", score, len(shape) if shape else None)
+        if config.score != "auto" and config.score != score:
+            raise InputError(f"the model is augmented to explain {score!r}, not --score {config.score!r}: give the "
+                             "plain model to augment it for that output, or drop --score")
     labels = load_labels(config.labels_file)
     data = proto.SerializeToString()
     return AuditModel(model_bytes=data, preprocess=preprocess, labels=labels,
                       target_class=resolve_class(config.target_class, labels),
-                      sha256=hashlib.sha256(data).hexdigest())
+                      sha256=hashlib.sha256(data).hexdigest(), score=score)
 
 
 def parse_methods(value: Union[str, Sequence[str]]) -> tuple[str, ...]:

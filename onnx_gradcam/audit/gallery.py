@@ -77,3 +77,58 @@ def tile_uri(image: np.ndarray, side: int = TILE_SIDE) -> Optional[str]:
         return None
     mime = "image/png" if small else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(data.tobytes()).decode()}"
+
+
+# detect and segment: per class, the items ranked by this column (most confident first) ...
+TASK_RANK = {"detect": "confidence", "segment": "pixel_share"}
+# ... and by the share of heat on the item (least first): the explanations that land off their object.
+TASK_COVERAGE = {"detect": "heat_in_box", "segment": "heat_in_mask"}
+CLASS_SECTIONS = 12  # classes with galleries in the report, the most frequent first
+CLASS_GALLERY_SIZE = 8
+
+
+def select_task_galleries(table: pa.Table, task: str, classes: int = CLASS_SECTIONS,
+                          size: int = CLASS_GALLERY_SIZE) -> dict[str, dict[str, list[dict]]]:
+    """Per class (the most frequent first, by label), the rows of its galleries: the most confident boxes
+    (detect) or largest masks (segment), and those whose heatmap puts the least heat on them."""
+    items = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.is_valid(table["item"])))
+    counts: dict[str, int] = {}
+    for label in items["explained_label"].to_pylist():
+        counts[label] = counts.get(label, 0) + 1
+    ties = [("path", "ascending"), ("method", "ascending"), ("item", "ascending")]
+    galleries = {}
+    for label in sorted(counts, key=lambda name: (-counts[name], name))[:classes]:
+        rows = items.filter(pc.equal(items["explained_label"], label))
+        measured = rows.filter(pc.is_finite(rows[TASK_COVERAGE[task]]))
+        galleries[label] = {
+            "most confident" if task == "detect" else "largest":
+                rows.sort_by([(TASK_RANK[task], "descending"), *ties]).slice(0, size).to_pylist(),
+            f"least {TASK_COVERAGE[task]}":
+                measured.sort_by([(TASK_COVERAGE[task], "ascending"), *ties]).slice(0, size).to_pylist(),
+        }
+    return galleries
+
+
+def render_task_tiles(rows: list[dict], config: AuditConfig, model: AuditModel) -> dict[tuple, str]:
+    """Data URIs of the rows' overlays (heatmap, box or mask outline), keyed by (path, method, item); only the
+    items shown are explained again, by their anchor and class (detect) or class (segment). An image unreadable
+    now is left out."""
+    wanted = {(row["path"], row["method"], row["item"]): row for row in rows}
+    if not wanted:
+        return {}
+    worker = AuditWorker(config, model, thumbnails=True)
+    batcher = worker.batcher
+    decoded = {path: worker.decode(InputItem(path)) for path in dict.fromkeys(path for path, _, _ in wanted)}
+    tiles = {}
+    for method in dict.fromkeys(method for _, method, _ in wanted):
+        keys = [key for key in wanted if key[1] == method and decoded[key[0]].ok]
+        for start in range(0, len(keys), config.batch_size):
+            chunk = keys[start:start + config.batch_size]
+            records = [wanted[key] for key in chunk]
+            tensors = np.stack([decoded[path].tensor for path, _, _ in chunk])
+            heatmaps, masks = batcher.explain_records(tensors, records, method)
+            for index, (key, record) in enumerate(zip(chunk, records)):
+                picture = batcher.picture(decoded[key[0]].thumbnail, heatmaps[index], record,
+                                          None if masks is None else masks[index])
+                tiles[key] = tile_uri(picture)
+    return tiles

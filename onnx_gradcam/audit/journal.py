@@ -2,9 +2,12 @@
 
 A part file is the commit point: its heatmap shard and overlays are written before it, so a committed
 record never points at a missing file. Records are keyed by (path, method); a batch commits every method of
-its inputs in the same part. A rerun with the same command reads the parts (and the merged records.parquet
-of earlier runs), skips those keys, and continues numbering after the highest part. finalize() merges
-everything into records.parquet (one row per key) and only then removes the parts.
+its inputs in the same part. A detect or segment audit makes any number of records per (path, method), one
+per item (box or class present) or one with a null item: they are made from one batch and so always commit
+in one part, all or none, and an input counts as done when any of its records is committed. A rerun with the
+same command reads the parts (and the merged records.parquet of earlier runs), skips those keys, and
+continues numbering after the highest part. finalize() merges everything into records.parquet (the rows of
+the latest part holding each key, one per item) and only then removes the parts.
 Batches are committed in groups (every commit_every images or commit_seconds, whichever comes first) so
 that small batches do not pay a Parquet file and an fsync each; a kill loses at most one group's work.
 """
@@ -106,8 +109,9 @@ class Journal:
         kept = [(record, heatmap) for record, heatmap in zip(records, result.heatmaps) if heatmap is not None]
         if self.save_heatmaps and kept:
             shard = f"{HEATMAPS_DIR}/shard-{part:08d}.npz"
+            items = [record["item"] for record, _ in kept] if "item" in self.schema.names else None
             write_heatmap_shard(self.out_dir / shard, [r["path"] for r, _ in kept], [h for _, h in kept],
-                                [r.get("method") or "" for r, _ in kept])
+                                [r.get("method") or "" for r, _ in kept], items)
             for index, (record, _) in enumerate(kept):
                 record.update(heatmap_file=shard, heatmap_index=index)
         for record, data in zip(records, result.overlays):
@@ -119,8 +123,8 @@ class Journal:
         return part
 
     def finalize(self, csv: bool = False) -> pa.Table:
-        """Merge the parts into records.parquet (one row per path and method, sorted), flag duplicate content,
-        drop the parts."""
+        """Merge the parts into records.parquet (one row per path and method, or per path, method and item;
+        sorted), flag duplicate content, drop the parts."""
         self.flush()
         tables = self._committed_tables()
         table = pa.concat_tables(tables) if tables else records_table([], self.schema)
@@ -151,13 +155,28 @@ class Journal:
 
 
 def _one_row_per_key(table: pa.Table) -> pa.Table:
-    """The latest committed row of each (path, method), sorted by path then method."""
+    """The rows of the latest part holding each (path, method), one per item (when the records have items),
+    sorted by path, method, then item.
+
+    A key's records all commit in one part; the same part can be read twice (from a part file and from the
+    records.parquet it was merged into, when a run died before deleting the part), and a redone input gets a
+    later part, whose records replace all of the earlier ones: never a mix of two runs' items.
+    """
     if table.num_rows == 0:
         return table
-    table = table.sort_by([("path", "ascending"), ("method", "ascending"), ("part", "descending")])
+    items = "item" in table.schema.names
+    table = table.sort_by([("path", "ascending"), ("method", "ascending"), ("part", "descending")]
+                          + ([("item", "ascending")] if items else []))
     keys = list(zip(table["path"].to_pylist(), table["method"].to_pylist()))
-    first = [index == 0 or key != keys[index - 1] for index, key in enumerate(keys)]
-    return table.filter(pa.array(first))
+    parts = table["part"].to_pylist()
+    item_of = table["item"].to_pylist() if items else [None] * table.num_rows
+    kept, latest, seen = [], None, set()
+    for key, part, item in zip(keys, parts, item_of):
+        if latest is None or key != latest[0]:
+            latest, seen = (key, part), set()
+        kept.append(part == latest[1] and item not in seen)  # classify: item is None, the first row only
+        seen.add(item)
+    return table.filter(pa.array(kept))
 
 
 def flag_duplicates(table: pa.Table) -> pa.Table:

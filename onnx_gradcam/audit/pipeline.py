@@ -197,20 +197,25 @@ class BatchExplainer:
                 "content_hash": decoded.content_hash}
 
 
-def overlay_name(path: str, overlay_format: str, method: Optional[str] = None) -> str:
-    """overlays/<stem>-<8 hex of the path>[-<method>].<format>: unique per input path (and method), the same on
-    every rerun."""
+def overlay_name(path: str, overlay_format: str, method: Optional[str] = None, item: Optional[str] = None) -> str:
+    """overlays/<stem>-<8 hex of the path>[-<method>][-<item>].<format>: unique per input path (method, and item
+    of a detect or segment record: box<k>, class<c>), the same on every rerun."""
     stem = os.path.splitext(os.path.basename(path))[0][:80]
     digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    suffix = "" if method is None else "-" + "".join(c if c.isalnum() or c in "_-" else "_" for c in method)
+    suffix = "".join("-" + "".join(c if c.isalnum() or c in "_-" else "_" for c in part)
+                     for part in (method, item) if part is not None)
     return f"overlays/{stem}-{digest}{suffix}.{overlay_format}"
 
 
 def encode_overlay(image: np.ndarray, heatmap: np.ndarray, overlay_format: str = "jpg") -> bytes:
     """JPEG (quality 90) or PNG bytes of the heatmap blended over the RGB image."""
-    blended = cv2.cvtColor(overlay(image, heatmap), cv2.COLOR_RGB2BGR)
+    return encode_image(overlay(image, heatmap), overlay_format)
+
+
+def encode_image(image: np.ndarray, overlay_format: str = "jpg") -> bytes:
+    """JPEG (quality 90) or PNG bytes of an RGB image."""
     params = [cv2.IMWRITE_JPEG_QUALITY, 90] if overlay_format == "jpg" else []
-    ok, data = cv2.imencode("." + overlay_format, blended, params)
+    ok, data = cv2.imencode("." + overlay_format, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise RuntimeError(f"OpenCV cannot encode .{overlay_format}")
     return data.tobytes()

@@ -9,11 +9,13 @@ import json
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import GradCamError
 from .config import AuditConfig, AuditModel
@@ -47,9 +49,13 @@ class AuditActor:
 
 
 def result_to_arrow(result: BatchResult, seconds: float, metric_seconds: float = 0.0) -> pa.Table:
-    """A BatchResult as Arrow columns (JSON records, float16 heatmap bytes, overlay bytes) for Ray's object store."""
+    """A BatchResult as Arrow columns (JSON records, float16 heatmap bytes, overlay bytes) for Ray's object store,
+    each row marked with the batch it belongs to (an id, its row count and the row's place in it)."""
     count = max(1, len(result.records))
     return pa.table({
+        "batch": pa.array([uuid.uuid4().hex] * len(result.records), pa.string()),
+        "batch_rows": pa.array([len(result.records)] * len(result.records), pa.int64()),
+        "row": pa.array(range(len(result.records)), pa.int64()),
         "record": pa.array([json.dumps(record) for record in result.records], pa.string()),
         "heatmap": pa.array([None if h is None else np.asarray(h, np.float16).tobytes() for h in result.heatmaps],
                             pa.binary()),
@@ -57,6 +63,29 @@ def result_to_arrow(result: BatchResult, seconds: float, metric_seconds: float =
         "seconds": pa.array([seconds / count] * len(result.records), pa.float64()),
         "metric_seconds": pa.array([metric_seconds / count] * len(result.records), pa.float64()),
     })
+
+
+class BatchAssembler:
+    """Joins the pieces of each batch that comes back from the actors.
+
+    Ray Data splits a large output (detect records with heatmaps, say) into several blocks and may deliver
+    them among other batches' blocks; the journal must get every record of an input at once, so that the
+    input commits whole or not at all.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[pa.Table]] = {}
+
+    def add(self, block: pa.Table) -> list[pa.Table]:
+        """The batches this block completes, each a whole result_to_arrow table with its rows in order."""
+        done = []
+        for batch_id in dict.fromkeys(block["batch"].to_pylist()):
+            piece = block.filter(pc.equal(block["batch"], batch_id))
+            pieces = self.pending.setdefault(batch_id, [])
+            pieces.append(piece)
+            if sum(part.num_rows for part in pieces) == piece["batch_rows"][0].as_py():
+                done.append(pa.concat_tables(self.pending.pop(batch_id)).sort_by("row"))
+        return done
 
 
 def result_from_arrow(table: pa.Table, size: tuple[int, int]) -> tuple[BatchResult, float, float]:
@@ -90,14 +119,14 @@ def run_on_ray(config: AuditConfig, model: AuditModel, pending: list[InputItem],
             fn_constructor_kwargs=dict(config=config, model=model, intra_op_threads=None if gpu else 1))
         timings = Timings(images=len(pending), lanes=config.workers)
         start = time.perf_counter()
+        assembler = BatchAssembler()
         for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if block.num_rows == 0:
-                continue
-            result, seconds, metric_seconds = result_from_arrow(block, tuple(model.preprocess.size))
-            journal.add(result)
-            timings.explain += seconds
-            timings.metrics += metric_seconds
-            progress(block.num_rows // len(config.methods))  # a record per input and method
+            for whole in assembler.add(block):
+                result, seconds, metric_seconds = result_from_arrow(whole, tuple(model.preprocess.size))
+                journal.add(result)
+                timings.explain += seconds
+                timings.metrics += metric_seconds
+                progress(len({record["path"] for record in result.records}))  # inputs, however many records
         timings.wall = time.perf_counter() - start
         return timings
     finally:

@@ -63,6 +63,10 @@ IMAGE_CHECK = """
 def write_report(path: os.PathLike, config: AuditConfig, model: AuditModel, table: pa.Table,
                  summary: AuditSummary) -> None:
     """Write the report for the records in table (galleries re-explained from the input files) to path."""
+    if config.task != "classify":
+        from .task_report import write_task_report
+
+        return write_task_report(path, config, model, table, summary)
     metrics = [METRICS[name] for name in config.metrics]
     galleries = select_galleries(table, metric=metrics[0] if metrics else None)
     tiles = render_tiles([row for rows in galleries.values() for row in rows], config, model)

@@ -35,7 +35,7 @@ def run_audit(config: AuditConfig) -> AuditSummary:
         raise InputError(f"no input images found in {' '.join(map(str, config.inputs))}")
     model = prepare_model(config)
     journal = Journal(out_dir, save_heatmaps="heatmaps" in config.save, commit_every=config.commit_every,
-                      schema=records_schema(metric_columns(config.metrics)))
+                      schema=records_schema(metric_columns(config.metrics), config.task))
     try:  # the journal holds the folder's lock until the report is written
         journal.open(model.settings(config))
         pending = [item for item in items if not journal.is_done(item.path, config.methods)]

@@ -45,3 +45,42 @@ def heatmap_stats(heatmaps: np.ndarray) -> dict[str, np.ndarray]:
         "heat_above_half": np.where(total > 0, (flat * hot).sum(axis=1) / safe_total, 0.0),
         "entropy": np.clip(entropy, 0.0, 1.0),
     }
+
+
+def heat_in_boxes(heatmaps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Share of each [H,W] heatmap's total heat inside its x1, y1, x2, y2 box (heatmap pixels), an [M] array.
+
+    A pixel is inside when its centre (x + 0.5, y + 0.5) lies within the box, edges included; the box may
+    reach past the image. NaN for an all-zero map (no heat to place).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if np.ndim(heatmaps) != 3 or len(heatmaps) != len(boxes):
+        raise ValueError(f"need heatmaps [M,H,W] and boxes [M,4], got {np.shape(heatmaps)} and {boxes.shape}")
+    height, width = np.shape(heatmaps)[1:]
+    # Pixel x is inside when x1 <= x + 0.5 <= x2: the columns ceil(x1 - 0.5) .. floor(x2 - 0.5), clipped.
+    first = np.clip(np.ceil(boxes[:, :2] - 0.5), 0, None).astype(np.int64)
+    last = np.minimum(np.floor(boxes[:, 2:] - 0.5), [width - 1, height - 1]).astype(np.int64)
+    shares = np.empty(len(boxes))
+    for index, heatmap in enumerate(heatmaps):  # one map at a time: a detect batch holds hundreds of them
+        heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
+        (left, top), (right, bottom) = first[index], last[index]
+        inner = heat[top:bottom + 1, left:right + 1].sum() if right >= left and bottom >= top else 0.0
+        shares[index] = _share(heat.sum(), inner)
+    return shares
+
+
+def heat_in_masks(heatmaps: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Share of each [H,W] heatmap's total heat on the pixels of its bool mask [H,W], an [M] array (NaN for an
+    all-zero map)."""
+    if np.ndim(heatmaps) != 3 or np.shape(heatmaps) != np.shape(masks):
+        raise ValueError(f"need heatmaps and masks of one [M,H,W] shape, got {np.shape(heatmaps)} and "
+                         f"{np.shape(masks)}")
+    shares = np.empty(len(heatmaps))
+    for index, (heatmap, mask) in enumerate(zip(heatmaps, masks)):
+        heat = np.clip(np.asarray(heatmap, dtype=np.float64), 0, None)
+        shares[index] = _share(heat.sum(), heat[np.asarray(mask, dtype=bool)].sum())
+    return shares
+
+
+def _share(total: float, inner: float) -> float:
+    return inner / total if total > 0 else np.nan

@@ -43,8 +43,11 @@ class Timings:
 
 @dataclass
 class AuditSummary:
-    """Counts over all records in the folder (one per input and method), and what this run did; exit_code is 1
-    when any input failed. metrics: per method, the mean of each metric column over its explained records."""
+    """Counts over all records in the folder (one per input and method; detect and segment: per input, method
+    and item), and what this run did; exit_code is 1 when any input failed. ok, errors and duplicates count
+    inputs x methods. metrics: per method, the mean of each metric column over its explained records. items:
+    the boxes (detect) or classes present (segment) explained, empty: inputs x methods with none (None for
+    classify)."""
 
     out_dir: str
     inputs: int
@@ -68,6 +71,9 @@ class AuditSummary:
     metrics: dict[str, dict[str, Optional[float]]]
     model: str
     report: Optional[str]
+    task: str = "classify"
+    items: Optional[int] = None
+    empty: Optional[int] = None
 
     @property
     def exit_code(self) -> int:
@@ -79,22 +85,42 @@ def summarize(config: "AuditConfig", table: "pa.Table", resumed: int, timings: T
     """The summary of the merged records in table and of this run's timings (report left unset)."""
     status = np.asarray(table["status"].to_pylist(), dtype=object)
     methods = np.asarray(table["method"].to_pylist(), dtype=object)
-    # Predictions do not depend on the method: accuracy counts each input once, in the first method's records.
-    correct = [c for c, m in zip(table["correct"].to_pylist(), methods) if c is not None and m == config.methods[0]]
+    # Each input and method counts once, whatever its number of records (detect, segment).
+    first = first_of_each_input(table)
     columns = metric_columns(config.metrics)
     means = {method: {column: _mean(table[column].to_pylist(), (methods == method) & (status == "ok"))
                       for column in columns} for method in config.methods} if columns else {}
+    correct, items, empty = [], None, None
+    if config.task == "classify":
+        # Predictions do not depend on the method: accuracy counts each input once, in the first method's records.
+        correct = [c for c, m in zip(table["correct"].to_pylist(), methods)
+                   if c is not None and m == config.methods[0]]
+    else:
+        has_item = np.asarray([item is not None for item in table["item"].to_pylist()], dtype=bool)
+        items = int(has_item.sum())
+        empty = int(((status == "ok") & ~has_item).sum())
+    duplicated = np.asarray([value is not None for value in table["duplicate_of"].to_pylist()], dtype=bool)
     return AuditSummary(
         out_dir=str(config.out_dir), inputs=len(set(table["path"].to_pylist())), records=table.num_rows,
-        ok=int((status == "ok").sum()), errors=int((status == "error").sum()),
-        duplicates=table.num_rows - table["duplicate_of"].null_count,
+        ok=int((first & (status == "ok")).sum()), errors=int((first & (status == "error")).sum()),
+        duplicates=int((first & duplicated).sum()),
         labelled=len(correct), accuracy=float(np.mean(correct)) if correct else None, resumed=resumed,
         processed=timings.images, seconds=round(timings.wall, 3),
         images_per_second=timings.images_per_second, busy_share=timings.busy_share,
         explain_seconds=round(timings.explain, 3), decode_wait_seconds=round(timings.decode_wait, 3),
         commit_wait_seconds=round(timings.commit_wait, 3), metrics_seconds=round(timings.metrics, 3),
         method=config.method, methods=list(config.methods), metrics=means,
-        model=os.fspath(config.model), report=None)
+        model=os.fspath(config.model), report=None, task=config.task, items=items, empty=empty)
+
+
+def first_of_each_input(table: "pa.Table") -> np.ndarray:
+    """A bool per row: the first row of its (path, method)."""
+    seen: set = set()
+    first = []
+    for key in zip(table["path"].to_pylist(), table["method"].to_pylist()):
+        first.append(key not in seen)
+        seen.add(key)
+    return np.asarray(first, dtype=bool)
 
 
 def _mean(values: list, rows: np.ndarray) -> Optional[float]:

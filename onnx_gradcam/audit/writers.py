@@ -18,9 +18,26 @@ PathLike = Union[str, os.PathLike]
 TEMPORARY_SUFFIX = ".tmp"
 
 
+# Every record ends with where its input and outputs are.
+_FILE_FIELDS = [("width", pa.int64()), ("height", pa.int64()), ("size_bytes", pa.int64()),
+                ("content_hash", pa.string()), ("duplicate_of", pa.string()), ("heatmap_file", pa.string()),
+                ("heatmap_index", pa.int64()), ("overlay_file", pa.string()), ("part", pa.int64())]
 
-def records_schema(metric_columns: Sequence[str] = ()) -> pa.Schema:
-    """The records' schema: a row per (path, method); metric columns only for the metrics a run measures."""
+# What a detect or segment record says about its item (a box, or a class present) besides its class and score,
+# and the column saying how much of the heatmap's heat falls on it. anchor: the box's index among the head's
+# pre-NMS boxes (targets.Detection(anchor, class) explains it again).
+TASK_COLUMNS = {
+    "detect": ([("anchor", pa.int64())] + [(name, pa.float64()) for name in
+                                           ("confidence", "box_x1", "box_y1", "box_x2", "box_y2")], "heat_in_box"),
+    "segment": ([("pixel_share", pa.float64())], "heat_in_mask"),
+}
+
+
+def records_schema(metric_columns: Sequence[str] = (), task: str = "classify") -> pa.Schema:
+    """The records' schema: for classify a row per (path, method), metric columns only for the metrics a run
+    measures; for detect and segment a row per (path, method, item), item null when the image has none."""
+    if task != "classify":
+        return task_schema(task)
     return pa.schema(
         [("path", pa.string()), ("method", pa.string()), ("label", pa.string()), ("label_index", pa.int64()),
          ("status", pa.string()), ("reason", pa.string()),
@@ -28,9 +45,20 @@ def records_schema(metric_columns: Sequence[str] = ()) -> pa.Schema:
          ("explained_class", pa.int64()), ("explained_label", pa.string()), ("score", pa.float64()),
          ("correct", pa.bool_())]
         + [(name, pa.float64()) for name in (*STAT_COLUMNS, *metric_columns)]
-        + [("width", pa.int64()), ("height", pa.int64()), ("size_bytes", pa.int64()), ("content_hash", pa.string()),
-           ("duplicate_of", pa.string()), ("heatmap_file", pa.string()), ("heatmap_index", pa.int64()),
-           ("overlay_file", pa.string()), ("part", pa.int64())])
+        + _FILE_FIELDS)
+
+
+def task_schema(task: str) -> pa.Schema:
+    """The records of a detect or segment audit: one per box or class present, with its heatmap's statistics."""
+    if task not in TASK_COLUMNS:
+        raise ValueError(f"no record schema for task {task!r}")
+    item_columns, coverage = TASK_COLUMNS[task]
+    return pa.schema(
+        [("path", pa.string()), ("method", pa.string()), ("item", pa.int64()), ("label", pa.string()),
+         ("label_index", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
+         ("explained_class", pa.int64()), ("explained_label", pa.string()), ("score", pa.float64())]
+        + item_columns + [(name, pa.float64()) for name in (*STAT_COLUMNS, coverage)]
+        + _FILE_FIELDS)
 
 
 RECORD_SCHEMA = records_schema()
@@ -78,12 +106,15 @@ def write_csv(path: PathLike, table: pa.Table) -> None:
 
 
 def write_heatmap_shard(path: PathLike, paths: Sequence[str], heatmaps: Sequence[np.ndarray],
-                        methods: Optional[Sequence[str]] = None) -> None:
-    """Write heatmaps [n,H,W] (float16, in record order), their input paths (and methods) as a compressed .npz."""
+                        methods: Optional[Sequence[str]] = None, items: Optional[Sequence[int]] = None) -> None:
+    """Write heatmaps [n,H,W] (float16, in record order), their input paths (methods, and items of detect and
+    segment records) as a compressed .npz."""
     arrays = {"heatmaps": np.stack([np.asarray(h, np.float16) for h in heatmaps]),
               "paths": np.asarray(paths, dtype=str)}
     if methods is not None:
         arrays["methods"] = np.asarray(methods, dtype=str)
+    if items is not None:
+        arrays["items"] = np.asarray(items, dtype=np.int64)
     atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 

@@ -98,3 +98,65 @@ def tiny_plain_model(path: Path) -> Path:
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
+
+
+# ---------------------------------------------------------------- detect and segment audits
+
+TASK_IMAGE_SIZE = (80, 96)  # (H, W) of write_task_images' PNGs; the task models take 64 x 64
+
+
+def yolo_model(folder: Path) -> dict:
+    """A plain YOLOv8-style ONNX detector (tests/test_tasks.py's YoloV8Like, 64 x 64, 3 classes) whose class
+    scores depend enough on the image that, at conf 0.8, the white and grey images of write_task_images have
+    no box; the tensor its neck writes (the explained layer); and the model augmented for a detect audit."""
+    import onnx
+    import torch
+
+    from onnx_gradcam.prepare import prepare_model
+    from tests.test_tasks import YoloV8Like, export, output_of
+
+    torch.manual_seed(0)
+    module = YoloV8Like().eval()
+    with torch.no_grad():
+        for layer in module.cls:
+            layer.weight.mul_(60)
+    plain = export(module)
+    target = output_of(plain, "/neck/")
+    onnx.save(plain, str(folder / "yolo.onnx"))
+    # Augmented once here: subprocesses load it as it is, rather than each augmenting the plain model again.
+    onnx.save(prepare_model(plain, "gradcam", target=target, task="detect").model, str(folder / "yolo.gradcam.onnx"))
+    return {"path": str(folder / "yolo.onnx"), "target": target, "augmented": str(folder / "yolo.gradcam.onnx")}
+
+
+def segmenter_model(folder: Path) -> dict:
+    """A plain segmentation ONNX model (tests/test_tasks.py's SmallSegmenter: logits [N, 3, 64, 64]) with logits
+    sharp enough for several classes per image, and the tensor its body writes (the explained layer)."""
+    import onnx
+    import torch
+
+    from tests.test_tasks import SmallSegmenter, export, output_of
+
+    torch.manual_seed(0)
+    module = SmallSegmenter().eval()
+    with torch.no_grad():
+        module.classifier.weight.mul_(10)
+    plain = export(module)
+    onnx.save(plain, str(folder / "segmenter.onnx"))
+    return {"path": str(folder / "segmenter.onnx"), "target": output_of(plain, "/body/")}
+
+
+def write_task_images(folder: Path, count: int, seed: int = 0) -> list[str]:
+    """count PNGs of TASK_IMAGE_SIZE: black, white, grey, then noise, every other one with a flat block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        image = (rng.random((*TASK_IMAGE_SIZE, 3)) * 255).astype(np.uint8)
+        if index < 3:
+            image[:] = (0, 255, 128)[index]
+        elif index % 2:
+            image[10:50, 20:70] = rng.integers(0, 256, 3, dtype=np.uint8)
+        path = folder / f"image_{index:03d}.png"
+        assert cv2.imwrite(str(path), image)
+        paths.append(str(path))
+    return paths

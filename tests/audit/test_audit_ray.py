@@ -58,3 +58,32 @@ def test_ray_records_equal_local_records(local_ray, model_path, tmp_path):
             np.testing.assert_allclose(ours, expected, atol=1e-3)
     overlays = sorted(p.name for p in (tmp_path / "ray" / "overlays").iterdir())
     assert overlays == sorted(p.name for p in (tmp_path / "local" / "overlays").iterdir())
+
+
+def test_ray_detect_records_equal_local_records(local_ray, tmp_path):
+    """--task detect on Ray: an image's records (one per box) come back and commit together, as locally."""
+    pytest.importorskip("torch")
+    from audit_helpers import write_task_images, yolo_model
+
+    (tmp_path / "models").mkdir()
+    model = yolo_model(tmp_path / "models")
+    write_task_images(tmp_path / "images", 12)
+
+    def audit(out, **kwargs):
+        return run_audit(AuditConfig(model=model["augmented"], inputs=[str(tmp_path / "images")],
+                                     out_dir=tmp_path / out, task="detect", conf=0.8, max_det=4, batch_size=3,
+                                     workers=2, save={"heatmaps", "overlays"}, progress=False, report=False,
+                                     **kwargs))
+
+    local, distributed = audit("local"), audit("ray", ray=True)
+    assert (distributed.items, distributed.empty) == (local.items, local.empty) and local.items > 0
+    local_rows = pq.read_table(tmp_path / "local" / "records.parquet").to_pylist()
+    ray_rows = pq.read_table(tmp_path / "ray" / "records.parquet").to_pylist()
+    assert [(r["path"], r["item"]) for r in ray_rows] == [(r["path"], r["item"]) for r in local_rows]
+    for mine, theirs in zip(ray_rows, local_rows):
+        assert {k: v for k, v in mine.items() if k not in PLACEMENT} == pytest.approx(
+            {k: v for k, v in theirs.items() if k not in PLACEMENT}, nan_ok=True, abs=1e-5)
+        parts = {row["part"] for row in ray_rows if row["path"] == mine["path"]}
+        assert len(parts) == 1  # all of an image's boxes in one part
+    overlays = sorted(p.name for p in (tmp_path / "ray" / "overlays").iterdir())
+    assert overlays == sorted(p.name for p in (tmp_path / "local" / "overlays").iterdir())
