@@ -14,7 +14,7 @@ from ..errors import GradCamError, InputError, OpsetTooLowError, ScoreNotFoundEr
 from .builder import GraphBuilder
 from .io import ModelLike, load_model, save_model, without_weights
 from .layout import nchw_shape, to_nchw
-from .locate import TO_NCHW, GraphIndex, TargetInfo, choose_target, find_score, list_candidates
+from .locate import TO_NCHW, GraphIndex, TargetInfo, branch_targets, choose_target, find_score, list_candidates
 from .rules import GUIDED_RULES, RULES, RuleTable, differentiate
 
 TARGET_CLASS = "gradcam_target_class"
@@ -246,6 +246,9 @@ def _augment(original: onnx.ModelProto, analysis: tuple, target: Targets, score:
         raise TargetNotFoundError("target must be a tensor name, 'auto', or a non-empty list of tensor names")
     layout_hint = {"layout": target_layout} if target_layout else {}
     targets = [choose_target(index, score_tensor, name, **layout_hint) for name in names]
+    if seed and names == ["auto"]:
+        # Any objective of the score: each branch that feeds it (a detector's scales) gets its own map.
+        targets = branch_targets(index, score_tensor) or targets
     new_inputs, exposed = [], {}
     if seed:
         seed_tensor = SEED

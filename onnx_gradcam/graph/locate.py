@@ -360,6 +360,9 @@ class GraphIndex:
             for out in node.output:
                 if out not in self.layouts or out not in score_paths:
                     continue
+                if not any(o in score_paths for consumer in self.consumers.get(out, []) for o in consumer.output):
+                    reached.add(out)  # the score itself is a map (a segmenter's logits): its positions are scored
+                    continue
                 for consumer in self.consumers.get(out, []):
                     follow = [o for o in consumer.output if o in score_paths]
                     if not follow or (self.layouts.get(out) == NTC and self._selects_prefix_only(consumer, out)):
@@ -459,7 +462,8 @@ def _slice_arguments(node: onnx.NodeProto, builder: GraphBuilder):
 def find_score(index: GraphIndex, score: str = "auto") -> tuple[str, str]:
     """Return (score tensor, reported output): the pre-softmax logits unless told otherwise."""
     outputs = [o.name for o in index.model.graph.output]
-    if score not in ("auto", "logits", "probability"):
+    # A tensor of the graph is taken by its name, even one named like a keyword (an output called "logits").
+    if score not in ("auto", "logits", "probability") or score in index.producer:
         if score not in index.producer:
             raise ScoreNotFoundError(f"score tensor {score!r} not found; graph outputs are {outputs}")
         return score, score
@@ -504,6 +508,18 @@ def _describe(index: GraphIndex, name: str, shape: tuple, node: onnx.NodeProto, 
                           tokens.source, tokens.axes)
     grid = _grid(layout, shape) if layout in (NCHW, NHWC) else (None, None)
     return TargetInfo(name, shape, node.op_type, node.name, layout, grid)
+
+
+def branch_targets(index: GraphIndex, score_tensor: str) -> list[TargetInfo]:
+    """The deepest map auto would accept on each branch that feeds the score, in graph order.
+
+    A detector scores its boxes from several heads (one per scale): the deepest single map sits in one
+    of them, and boxes of the other scales would get blank maps. The usable candidates from which no
+    other usable candidate is reached are one per branch; a plain chain has just one.
+    """
+    usable = [c for c in list_candidates(index, score_tensor) if c.auto or not c.note]
+    reached = {c.name: index.reaching(c.name) for c in usable}
+    return [c for c in usable if not any(o.name != c.name and o.name in reached[c.name] for o in usable)]
 
 
 def _mark_auto(index: GraphIndex, score_tensor: str, candidates: list[TargetInfo]) -> list[TargetInfo]:

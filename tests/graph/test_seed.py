@@ -138,3 +138,20 @@ def test_a_list_of_targets_cannot_contain_auto():
     plain = export(TwoLayerClassifier().eval(), (1, 3, 16, 16))
     with pytest.raises(TargetNotFoundError, match="list of tensor names"):
         augment(plain, target=["auto", relu_outputs(plain)[0]])
+
+
+def test_a_score_output_named_like_a_keyword_is_taken_by_its_name():
+    torch.manual_seed(4)
+    module = Segmenter().eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(module, torch.zeros(1, 3, 16, 16), buffer, input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    plain = onnx.load_from_string(buffer.getvalue())
+    augmented = augment(plain, target=relu_outputs(plain)[-1], score="logits", seed=True)
+    assert {p.key: p.value for p in augmented.metadata_props}["gradcam_score"] == "logits"
+
+
+def test_auto_target_of_a_segmenter_is_its_last_feature_map():
+    plain = export(Segmenter().eval(), (1, 3, 16, 16), dynamic_size=True)
+    augmented = augment(plain, seed=True)
+    assert {p.key: p.value for p in augmented.metadata_props}["gradcam_target"] == relu_outputs(plain)[-1]
