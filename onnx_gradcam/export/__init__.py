@@ -80,11 +80,13 @@ def listing(outputs: Sequence[LayerOutput], limit: int = 15) -> str:
 
 
 def check_target_output(info: LayerOutput, kind: str, outputs: Sequence[LayerOutput]) -> None:
-    """Raise TargetNotFoundError unless info is a 4-D output with spatial extent."""
+    """Raise TargetNotFoundError unless info is a 4-D output with spatial extent, or a token tensor [N, T, C]."""
     where = f"{kind.capitalize()}s with a 4-D output:\n{listing(outputs)}"
     if info.shape == ():
         raise TargetNotFoundError(f"{kind} {info.name!r} returns no single tensor; pick a {kind} that returns "
                                   f"the activation tensor. {where}")
+    if len(info.shape) == 3 and isinstance(info.shape[1], int) and info.shape[1] > 1:
+        return  # tokens [N, T, C]: augment places them on the patch grid, or says why it cannot
     if len(info.shape) != 4:
         raise TargetNotFoundError(
             f"{kind} {info.name!r} outputs {format_shape(info.shape)} ({len(info.shape)}-D): Grad-CAM needs a "

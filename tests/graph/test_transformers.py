@@ -181,3 +181,20 @@ def test_auto_target_heatmaps_equal_pytorch_grad_cam_at_the_layer_auto_should_fi
     expected = peer_heatmaps(case, method, family.auto_layer(case["model"]), family.auto_reshape, ours.classes)
     assert (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2)) > 0.5).all(), "a degenerate map proves nothing"
     np.testing.assert_allclose(ours.heatmaps, expected, rtol=0, atol=TOLERANCE)
+
+
+MODULE_NAMES = {"vit": "encoder.layers.encoder_layer_1.ln_1", "swin": "features.3.1.norm1", "convnext": "features.3"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULE_NAMES))
+def test_export_torch_with_the_documented_module_name_equals_pytorch_grad_cam(name):
+    family = FAMILIES[name]
+    torch.manual_seed(0)
+    model = family.build().eval()
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    exported = onnx_gradcam.export_torch(model, images[:1], target=MODULE_NAMES[name])
+    ours = onnx_gradcam.Explainer(exported).explain(images.numpy(), target_class=[-1, 2])
+    expected = peer_heatmaps({"model": model, "images": images}, "gradcam", family.layer(model), family.reshape,
+                             ours.classes)
+    assert (expected.max(axis=(1, 2)) - expected.min(axis=(1, 2)) > 0.5).all(), "a degenerate map proves nothing"
+    np.testing.assert_allclose(ours.heatmaps, expected, rtol=0, atol=TOLERANCE)
