@@ -71,7 +71,26 @@ def prepare_model(model: ModelLike, method: Union[str, Method], target: Targets 
         resolved = Preprocess.from_dict(json.loads(metadata["preprocess"]))
     if resolved is None and imagenet_fallback:
         resolved = _fallback_preprocess(task, notes)
+    recorded = _recorded_image_size(proto)
+    if resolved is not None and resolved.size is None and recorded is not None:
+        resolved = Preprocess.from_dict({**resolved.to_dict(), "size": list(recorded)})
+        notes.append(f"images are resized to {recorded[0]}x{recorded[1]}, the size the model records (imgsz)")
     return PreparedModel(proto, resolved, notes)
+
+
+def _recorded_image_size(proto: onnx.ModelProto) -> Optional[tuple[int, int]]:
+    """(H, W) an exporter recorded in the metadata (Ultralytics' imgsz: "[640, 640]" or "640"), else None."""
+    value = next((p.value for p in proto.metadata_props if p.key == "imgsz"), None)
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    sizes = [parsed, parsed] if isinstance(parsed, int) else parsed
+    if not isinstance(sizes, list) or len(sizes) != 2 or not all(isinstance(v, int) and v > 0 for v in sizes):
+        return None
+    return int(sizes[0]), int(sizes[1])
 
 
 def _augment_for_task(proto: onnx.ModelProto, entry: Method, target: Targets, task: str, score: str,

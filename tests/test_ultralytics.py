@@ -166,7 +166,7 @@ def test_explain_task_detect_writes_each_box_over_its_heatmap_as_the_api_draws_i
         "street_box0.png", "street_box1.png", "street_box2.png", "street_box3.png", "street_detections.png"]
     image = read_image(street)
     prepared = prepare_model(str(yolov8n["static"]), "gradcam", target=TARGETS, task="detect")
-    assert prepared.preprocess == Preprocess()
+    assert prepared.preprocess == Preprocess(size=(EXPORT_SIZE, EXPORT_SIZE))  # the imgsz Ultralytics records
     (result,) = explain_detections(Explainer(prepared.model, preprocess=prepared.preprocess), [image], max_det=4)
     scale = np.array([640 / EXPORT_SIZE, 427 / EXPORT_SIZE] * 2, np.float32)
     for k in range(4):
@@ -204,9 +204,6 @@ def test_the_auto_target_of_a_yolov8_head_gives_every_box_a_heatmap(yolov8n):
     assert all(heatmap.max() - heatmap.min() > 0.5 for heatmap in result.heatmaps)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a model with dynamic height and width needs --input-size even where "
-                          "Ultralytics records its imgsz in the metadata")
 def test_explain_task_detect_on_the_dynamic_export_takes_the_size_ultralytics_records(yolov8n, tmp_path):
     street, out = street_jpg(tmp_path), tmp_path / "out"
     assert main(["explain", str(yolov8n["dynamic"]), str(street), "--task", "detect", "-o", str(out)]) == 0
