@@ -73,12 +73,9 @@ def write_report(path: os.PathLike, config: AuditConfig, model: AuditModel, tabl
     write_bytes(path, render_html(table, summary, galleries, tiles, metrics).encode("utf-8"))
 
 
-def render_html(table: pa.Table, summary: AuditSummary, galleries: dict[str, list[dict]],
-                tiles: dict[tuple[str, str], str], metrics: Sequence[Metric] = ()) -> str:
-    """The report as one HTML string (metrics: those measured, the first one ranks the least faithful)."""
-    title = f"Grad-CAM audit of {os.path.basename(summary.model)}"
-    methods = summary.methods or [summary.method]
-    parts = [
+def page_head(title: str, summary: AuditSummary, methods: Sequence[str]) -> list[str]:
+    """The HTML of a report up to and including its title and the run's method, version, time and folder."""
+    return [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<meta name='viewport' content='width=device-width'><title>{escape(title)}</title>",
         f"<style>{STYLE}</style></head><body data-images-loaded='pending'>",
@@ -86,6 +83,16 @@ def render_html(table: pa.Table, summary: AuditSummary, galleries: dict[str, lis
         f"<p class='meta'>method{'s' if len(methods) > 1 else ''} {escape(', '.join(methods))} &middot; "
         f"onnx-gradcam {__version__} &middot; "
         f"{datetime.datetime.now().isoformat(timespec='seconds')} &middot; {escape(summary.out_dir)}</p>",
+    ]
+
+
+def render_html(table: pa.Table, summary: AuditSummary, galleries: dict[str, list[dict]],
+                tiles: dict[tuple[str, str], str], metrics: Sequence[Metric] = ()) -> str:
+    """The report as one HTML string (metrics: those measured, the first one ranks the least faithful)."""
+    title = f"Grad-CAM audit of {os.path.basename(summary.model)}"
+    methods = summary.methods or [summary.method]
+    parts = [
+        *page_head(title, summary, methods),
         _cards(summary), "<h2>Summary</h2><div class='charts'>", *_charts(table), "</div>",
     ]
     if metrics:

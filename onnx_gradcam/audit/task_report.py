@@ -3,7 +3,6 @@ its box or mask, and per class galleries of the most confident items and of thos
 One self-contained HTML file, like the classify report (report.py), whose pieces it shares."""
 from __future__ import annotations
 
-import datetime
 import os
 from collections import Counter
 from html import escape
@@ -13,11 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._version import __version__
 from . import charts
 from .config import AuditConfig, AuditModel
 from .gallery import TASK_COVERAGE, TASK_RANK, render_task_tiles, select_task_galleries
-from .report import IMAGE_CHECK, STYLE, TOP_CLASSES, _problems, _table
+from .report import IMAGE_CHECK, TOP_CLASSES, _problems, _table, page_head
 from .summary import AuditSummary, first_of_each_input
 from .writers import write_bytes
 
@@ -40,13 +38,7 @@ def render_task_html(table: pa.Table, summary: AuditSummary, galleries: dict[str
     methods = summary.methods or [summary.method]
     items = _items(table)
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<meta name='viewport' content='width=device-width'><title>{escape(title)}</title>",
-        f"<style>{STYLE}</style></head><body data-images-loaded='pending'>",
-        f"<h1>{escape(title)}</h1>",
-        f"<p class='meta'>method{'s' if len(methods) > 1 else ''} {escape(', '.join(methods))} &middot; "
-        f"onnx-gradcam {__version__} &middot; "
-        f"{datetime.datetime.now().isoformat(timespec='seconds')} &middot; {escape(summary.out_dir)}</p>",
+        *page_head(title, summary, methods),
         _cards(summary, items, task), "<h2>Summary</h2><div class='charts'>",
         *_charts(table, items, task, methods), "</div>",
         "<h2>Per class</h2>", _class_table(items, task, methods[0]),

@@ -201,6 +201,15 @@ def _transposed_window_at_run_time(b: GraphBuilder, node: onnx.NodeProto, grad: 
     return b.pad(spread, b.op("Concat", zeros, start, zeros, stop, axis=0))
 
 
+def kernel_shape(node: onnx.NodeProto, b: GraphBuilder) -> list[int]:
+    """The static kernel size of a Conv or ConvTranspose (attribute, else its weight's shape)."""
+    weight_shape = b.shapes.get(node.input[1])
+    kernel = list(attr(node, "kernel_shape", weight_shape[2:] if weight_shape else []))
+    if not kernel or not all(isinstance(k, int) for k in kernel):
+        raise UnsupportedOpError(f"{node.op_type} {node.name!r}: kernel shape unknown")
+    return kernel
+
+
 @rule("Conv", channels_first=True)
 def _conv(node, grads, needed, b):
     x, weight = node.input[:2]
@@ -208,9 +217,7 @@ def _conv(node, grads, needed, b):
         raise UnsupportedOpError(f"Conv {node.name!r}: gradients with respect to weights computed "
                                  "in the graph are not supported (only to the input)")
     weight_shape = b.shapes.get(weight)
-    kernel = list(attr(node, "kernel_shape", weight_shape[2:] if weight_shape else []))
-    if not kernel or not all(isinstance(k, int) for k in kernel):
-        raise UnsupportedOpError(f"Conv {node.name!r}: kernel shape unknown")
+    kernel = kernel_shape(node, b)
     dilations = list(attr(node, "dilations", [1] * len(kernel)))
     strides, begin, end, in_size, out_size = window_geometry(node, b, kernel, dilations)
     group = attr(node, "group", 1)
@@ -245,10 +252,7 @@ def _conv_transpose(node, grads, needed, b):
     if any(needed[1:]):
         raise UnsupportedOpError(f"ConvTranspose {node.name!r}: gradients with respect to weights or bias "
                                  "computed in the graph are not supported (only to the input)")
-    weight_shape = b.shapes.get(weight)
-    kernel = list(attr(node, "kernel_shape", weight_shape[2:] if weight_shape else []))
-    if not kernel or not all(isinstance(k, int) for k in kernel):
-        raise UnsupportedOpError(f"ConvTranspose {node.name!r}: kernel shape unknown")
+    kernel = kernel_shape(node, b)
     spatial = len(kernel)
     strides = list(attr(node, "strides", [1] * spatial))
     dilations = list(attr(node, "dilations", [1] * spatial))
