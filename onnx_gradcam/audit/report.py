@@ -115,6 +115,11 @@ def _cards(summary: AuditSummary) -> str:
     values += [("explained", summary.ok), ("failed", summary.errors), ("duplicates", summary.duplicates)]
     if summary.accuracy is not None:
         values.append((f"accuracy ({summary.labelled} labelled)", f"{summary.accuracy:.1%}"))
+    return run_cards(values, summary)
+
+
+def run_cards(values: list[tuple[str, object]], summary: AuditSummary) -> str:
+    """Cards of (name, value) pairs, then this run's speed and runtime share."""
     if summary.images_per_second:
         values.append(("images/s this run", f"{summary.images_per_second:.1f}"))
     if summary.busy_share is not None:

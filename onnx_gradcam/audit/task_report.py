@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from . import charts
 from .config import AuditConfig, AuditModel
 from .gallery import TASK_COVERAGE, TASK_RANK, render_task_tiles, select_task_galleries
-from .report import IMAGE_CHECK, TOP_CLASSES, _problems, _table, page_head
+from .report import IMAGE_CHECK, TOP_CLASSES, _problems, _table, page_head, run_cards
 from .summary import AuditSummary, first_of_each_input
 from .writers import write_bytes
 
@@ -77,13 +77,7 @@ def _cards(summary: AuditSummary, items: pa.Table, task: str) -> str:
               (f"images{per} with none", summary.empty)]
     if finite:
         values.append((f"median {TASK_COVERAGE[task]}", f"{float(np.median(finite)):.2f}"))
-    if summary.images_per_second:
-        values.append(("images/s this run", f"{summary.images_per_second:.1f}"))
-    if summary.busy_share is not None:
-        values.append(("runtime busy", f"{summary.busy_share:.0%}"))
-    cards = "".join(f"<div class='card'><b>{escape(str(value))}</b><span>{escape(name)}</span></div>"
-                    for name, value in values)
-    return f"<div class='cards'>{cards}</div>"
+    return run_cards(values, summary)
 
 
 def _charts(table: pa.Table, items: pa.Table, task: str, methods: Sequence[str]) -> list[str]:
