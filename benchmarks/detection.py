@@ -8,6 +8,9 @@
     pytorch-grad-cam with the 40 rows in calls of 8 (each image repeated once per box, one backward a call).
 (b) One explained box per image vs plain ONNX Runtime detection (forward pass and detect.decode's NMS).
 
+onnx-gradcam runs the seeded model split (graph/split.py): the forward pass once per image, the reverse
+pass once per box on the values the forward pass saved.
+
 Rounds are interleaved so that every contender sees the same machine state; ONNX Runtime and torch use
 the same number of threads. Writes benchmarks/results/detection-cpu.json with the machine's details.
 Usage: python benchmarks/detection.py [--rounds 5] [--threads 2]
@@ -198,6 +201,7 @@ def bench(workdir: Path, rounds: int, threads: int) -> dict:
         "machine": machine_info(), "threads": threads, "rounds": rounds,
         "model": "yolov8n (Ultralytics yaml, seeded random weights, batch norm calibrated)",
         "input": [BATCH, 3, SIZE, SIZE], "conf": CONF, "iou": IOU, "target_layers": NECK_TENSORS,
+        "graph_split": bool(explainer._splits) and all(split is not None for split in explainer._splits.values()),
         "boxes_explained": boxes, "boxes_per_image": [len(result) for result in found],
         "plain_detection_boxes_per_image": [len(d) for d in outputs["plain_onnxruntime_detection"]],
         "heatmaps_max_abs_difference_vs_pytorch_grad_cam": agreement,

@@ -7,19 +7,22 @@ import operator
 import os
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .arrays import array_module, concatenate, host
 from .cam import attribution, gradient_free, reference
 from .cam.methods import Family, Method, get_method, normalize_method
-from .errors import InputError, NotAugmentedError
+from .errors import GradCamError, InputError, NotAugmentedError
+from .found import Finder, SplitSessions, found_rows
 from .graph.augment import (ACTIVATION, CLASS, GRADIENT, GUIDED_GRADIENT, INPUT_GRADIENT, LOGITS,
                             SCORE, SEED, TARGET_CLASS, augmented_metadata, numbered)
 from .graph.io import ModelLike, load_model
 from .graph.prune import keep_outputs
+from .graph.split import split_seeded
 from .prepare import prepare_model, require_outputs
 from .preprocess import Preprocess
 from .render import read_image
@@ -114,6 +117,8 @@ class Explainer:
         self._sessions: dict[frozenset, Session] = {}  # created on first use: each holds the weights
         self._session_inputs: dict[frozenset, list[str]] = {}  # the inputs each session reads
         self._score_shapes: dict[tuple, tuple] = {}  # one image's score shape by input shape (seeded models)
+        self._splits: dict[frozenset, Optional[SplitSessions]] = {}  # forward and reverse parts by outputs
+        self._split_unusable = False
         self.device = parse_device(device)[0]
         if providers is None:
             providers_for(device)  # a clear error now when CUDA is asked for and not available
@@ -167,7 +172,7 @@ class Explainer:
         return self._check_tensor(self.preprocess(loaded))
 
     def _check_tensor(self, batch):
-        xp = _array_module(batch)
+        xp = array_module(batch)
         expected = self.input_shape
         if batch.ndim != len(expected) or any(
                 isinstance(want, int) and want != got for want, got in zip(expected[1:], batch.shape[1:])):
@@ -226,18 +231,20 @@ class Explainer:
         if len(batch) == 0:
             raise InputError("no images to explain: the batch is empty")
         gradient_seed, noise_seed = _split_seed(seed)
-        selector, classes = self._selector(batch, target_class, target, gradient_seed)
         size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
-        options = entry.resolve_options(samples=samples, noise_level=noise_level, steps=steps,
-                                        baseline=baseline, seed=noise_seed)
-        explanation = run(batch, selector, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
-        if classes is not None:
-            explanation.classes = classes
+        targets = self._targets_to_find(len(batch), target_class, target, gradient_seed)
+        if targets is not None and entry.family == Family.CAM:  # seeds from the forward pass, run once
+            explanation = self._explain_cam_found(batch, targets, entry, size, keep_tensors, progress)
+        else:
+            selector, classes = self._selector(batch, target_class, target, gradient_seed)
+            options = entry.resolve_options(samples=samples, noise_level=noise_level, steps=steps,
+                                            baseline=baseline, seed=noise_seed)
+            explanation = run(batch, selector, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
+            if classes is not None:
+                explanation.classes = classes
         if as_numpy:
             for name in ("heatmaps", "activation", "gradient"):
-                value = getattr(explanation, name)
-                setattr(explanation, name, None if value is None else
-                        [_host(part) for part in value] if isinstance(value, list) else _host(value))
+                setattr(explanation, name, _on_host(getattr(explanation, name)))
         return explanation
 
     def predict(self, images: ImageInput) -> np.ndarray:
@@ -250,7 +257,12 @@ class Explainer:
 
     def warm_up(self, method: Optional[str] = None) -> "Explainer":
         """Create now the ONNX Runtime sessions a method needs (otherwise made by its first call)."""
-        output_sets = self._output_sets(self._entry(method))
+        entry = self._entry(method)
+        output_sets = self._output_sets(entry)
+        if self.seeded and entry.family == Family.CAM:  # seeds from the forward pass: the split model
+            (outputs,) = output_sets
+            if self.split_sessions([name for name in outputs if name != LOGITS]) is not None:
+                return self
         if self.seeded:  # targets become seeds from a forward pass first
             output_sets.insert(0, [LOGITS])
         for outputs in output_sets:
@@ -280,14 +292,22 @@ class Explainer:
 
     # ---------------------------------------------------------------- what to explain
 
+    def _targets_to_find(self, count: int, target_class, target, gradient_seed) -> Optional[list[Target]]:
+        """One target per image when a seeded model's seeds come from its forward pass (None otherwise)."""
+        _check_one_given(target_class, target, gradient_seed)
+        if not self.seeded or gradient_seed is not None:
+            return None
+        targets = target if target is not None else self._class_targets(target_class, count)
+        targets = [targets] * count if isinstance(targets, Target) else list(targets)
+        if len(targets) != count or not all(isinstance(item, Target) for item in targets):
+            raise InputError(f"got {len(targets)} targets for a batch of {count} images; pass one "
+                             "onnx_gradcam.targets object per image, or a single one for all of them")
+        return targets
+
     def _selector(self, batch, target_class, target, gradient_seed) -> tuple[Any, Optional[np.ndarray]]:
         """The gradcam_target_class [N] or gradcam_seed [N, ...] feed, and the explained classes when known
         before the run (None: read from the run)."""
-        given = [name for name, value in (("target_class", target_class), ("target", target),
-                                          ("seed", gradient_seed)) if value is not None]
-        if len(given) > 1:
-            raise InputError(f"pass one of target_class, target and seed, got {' and '.join(given)}: a seed is "
-                             "the objective itself, targets and classes are turned into seeds")
+        _check_one_given(target_class, target, gradient_seed)
         count = len(batch)
         if not self.seeded:
             if gradient_seed is not None:
@@ -298,7 +318,7 @@ class Explainer:
             return self._target_classes(target_class, count), None
         if gradient_seed is not None:
             return self._check_seed(gradient_seed, batch), None
-        targets = target if target is not None else self._class_targets(target_class, count)
+        targets = self._targets_to_find(count, target_class, target, gradient_seed)
         seeds = seeds_for(targets, self._forward(batch))
         return self._check_seed(seeds, batch), _explained_classes(targets, seeds)
 
@@ -328,7 +348,7 @@ class Explainer:
         expected = [len(batch), *self._score_shape(batch)]
         if list(seed.shape) != expected:  # the dims the graph leaves dynamic, checked against a forward pass
             raise _seed_shape_error(seed, expected)
-        xp = _array_module(seed)
+        xp = array_module(seed)
         if not bool(xp.isfinite(seed).all()):
             raise InputError("seed contains NaN or infinite values")
         return xp.ascontiguousarray(seed.astype(self.seed_dtype, copy=False))
@@ -345,7 +365,7 @@ class Explainer:
 
     def _forward(self, batch):
         """The score tensor (gradcam_logits) of a batch on the host, from a forward-only session."""
-        scores = _concatenate([_host(result[LOGITS]) for result in self._run(batch, None, [LOGITS], False, [])])
+        scores = concatenate([host(result[LOGITS]) for result in self._run(batch, None, [LOGITS], False, [])])
         self._score_shapes[tuple(batch.shape[1:])] = tuple(scores.shape[1:])
         return scores
 
@@ -353,35 +373,109 @@ class Explainer:
 
     def _explain_cam(self, batch, selector, entry: Method, size, keep_tensors: bool = False,
                      progress: bool = False) -> Explanation:
-        heatmaps, kept, part_list = [], [], []
+        part_list = []
         (outputs,) = self._output_sets(entry)
-        for result in self._run(batch, selector, outputs, progress, part_list):
+        maps = self._cam_rows(self._run(batch, selector, outputs, progress, part_list), entry, size, keep_tensors)
+        return Explanation(method=entry.name, **_join_summary(part_list), **maps)
+
+    def _explain_cam_found(self, batch, targets: list[Target], entry: Method, size, keep_tensors: bool,
+                           progress: bool) -> Explanation:
+        """CAM of seeds made from the forward pass (targets, one per image), the forward pass run once."""
+        classes, logits = [], []
+
+        def find(start: int, score: np.ndarray):
+            chunk = targets[start:start + len(score)]
+            seeds = seeds_for(chunk, score)
+            classes.append(_explained_classes(chunk, seeds))
+            logits.append(score)
+            return np.arange(len(score)), lambda rows: seeds[rows]
+
+        rows = self.explain_found(batch, find, entry.name, keep_tensors, progress=progress)
+        return Explanation(method=entry.name, classes=np.concatenate(classes), logits=np.concatenate(logits), **rows)
+
+    def explain_found(self, images: ImageInput, find: Finder, method: Optional[str] = None,
+                      keep_tensors: bool = False, as_numpy: bool = False, progress: bool = False) -> dict:
+        """Explain what find picks from the model's own score, one row per seed; seed=True models only.
+
+        find(start, score) gets each chunk's score tensor (NumPy, batch_size images from batch index start)
+        and returns (image index [R] into the chunk, seeds(rows: slice) -> float32 seeds of those rows);
+        onnx_gradcam.tasks finds boxes and masks this way. Returns heatmaps [R,H,W], scores [R] (the seeded
+        score of each row) and, with keep_tensors, activation and gradient [R,K,h,w]. CAM methods run the
+        forward pass once per image (found.py); other methods run it again for the seeded rows.
+        """
+        if not self.seeded:
+            raise InputError("explain_found needs a model augmented with seed=True")
+        entry = self._entry(method)
+        batch = self.prepare(images)
+        size = tuple(batch.shape[1:3] if self.layout == "NHWC" else batch.shape[2:4])
+        if entry.family == Family.CAM:
+            (outputs,) = self._output_sets(entry)
+            scores = []
+
+            def results() -> Iterator[dict]:
+                for _, result in found_rows(self, batch, find, [name for name in outputs if name != LOGITS],
+                                            progress):
+                    scores.append(host(result[SCORE]))
+                    yield result
+
+            rows = self._cam_rows(results(), entry, size, keep_tensors)
+            rows["scores"] = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        else:
+            rows = self._explain_found_rows(batch, find, entry, keep_tensors, size)
+        if as_numpy:
+            rows.update({name: _on_host(rows[name]) for name in ("heatmaps", "activation", "gradient")})
+        return rows
+
+    def _explain_found_rows(self, batch, find: Finder, entry: Method, keep_tensors: bool, size) -> dict:
+        """explain_found for methods without a split run: the forward pass, then explain on the seeded rows."""
+        parts = []
+        for start in range(0, len(batch), self.batch_size):
+            images = batch[start:start + self.batch_size]
+            index, seeds = find(start, self._forward(images))
+            index = np.asarray(index, np.int64)
+            for row_start in range(0, len(index), self.batch_size):
+                rows = slice(row_start, row_start + self.batch_size)
+                explanation = self.explain(images[array_module(images).asarray(index[rows])], seed=seeds(rows),
+                                           method=entry.name, keep_tensors=keep_tensors)
+                parts.append({name: getattr(explanation, name) for name in ("heatmaps", "scores", "activation",
+                                                                             "gradient")})
+        if not parts:
+            return {"heatmaps": np.zeros((0, *size), np.float32), "scores": np.zeros(0, np.float32),
+                    "activation": None, "gradient": None}
+        return {name: _join_rows([part[name] for part in parts]) for name in parts[0]}
+
+    def _cam_rows(self, results: Iterable[dict], entry: Method, size: tuple[int, int],
+                 keep_tensors: bool = False) -> dict:
+        """heatmaps (and with keep_tensors activation and gradient) of runs' results, one row per result row."""
+        heatmaps, kept = [], []
+        for result in results:
             pairs = [(result[numbered(ACTIVATION, layer)], result.get(numbered(GRADIENT, layer)))
                      for layer in range(self.layer_count)]
             heatmaps.append(self._heatmaps(pairs, entry, size))
             if keep_tensors:
                 kept.append(pairs)
         activation, gradient = _joined_tensors(kept, self.layer_count)
-        return Explanation(heatmaps=_concatenate(heatmaps), method=entry.name, **_join_summary(part_list),
-                           activation=activation, gradient=gradient)
+        if not heatmaps:
+            return {"heatmaps": np.zeros((0, *size), np.float32), "activation": None, "gradient": None}
+        return {"heatmaps": concatenate(heatmaps), "activation": activation, "gradient": gradient}
 
     def _explain_input(self, batch, selector, entry: Method, size, keep_tensors: bool = False,
                        progress: bool = False, **options) -> Explanation:
-        batch, output_sets = _host(batch), self._output_sets(entry)
+        batch, output_sets = host(batch), self._output_sets(entry)
         if entry.sample is not None:
             # The explained class is the clean image's: fix it before sampling around the image.
             summary = _join_summary(list(self._run(batch, selector, output_sets[0], False, [])))
             drawn = entry.sample(batch, self.layout, **options)
             fixed = selector if self.seeded else summary["classes"]
-            repeated = _array_module(fixed).repeat(fixed, drawn.repeat, axis=0)
-            gradients = _concatenate([_host(r[entry.gradient_output]) for r in self._run(
+            repeated = array_module(fixed).repeat(fixed, drawn.repeat, axis=0)
+            gradients = concatenate([host(r[entry.gradient_output]) for r in self._run(
                 drawn.inputs, repeated, output_sets[1], progress, [])])
             result = entry.combine(gradients, drawn)
         else:
             chunks, part_list = [], []
             for output in self._run(batch, selector, output_sets[0], progress, part_list):
-                chunks.append(entry.attribute({name: _host(value) for name, value in output.items()}, size))
-            summary, result = _join_summary(part_list), _concatenate(chunks)
+                chunks.append(entry.attribute({name: host(value) for name, value in output.items()}, size))
+            summary, result = _join_summary(part_list), concatenate(chunks)
         return Explanation(heatmaps=attribution.attribution_heatmaps(result), method=entry.name,
                            attribution=result, **summary)
 
@@ -401,6 +495,27 @@ class Explainer:
                                           options=self.session_options or _default_session_options())
             self._session_inputs[key] = inputs
         return self._sessions[key]
+
+    def split_sessions(self, outputs: Sequence[str]) -> Optional[SplitSessions]:
+        """The forward and reverse sessions of this seeded model split for outputs (found.py), made on first
+        use; None when the graph cannot be split (it then runs whole)."""
+        key = frozenset(outputs)
+        if self._split_unusable:
+            return None
+        if key not in self._splits:
+            try:
+                split = split_seeded(load_model(self._source), [*outputs, LOGITS])
+            except (ValueError, GradCamError):
+                self._splits[key] = None
+            else:
+                self._splits[key] = SplitSessions(split, lambda model: Session(
+                    model, device=self.device_spec, providers=self.providers,
+                    options=self.session_options or _default_session_options()))
+        return self._splits[key]
+
+    def drop_split(self) -> None:
+        """Run every seeded explanation as one graph from now on (a split that proved unusable)."""
+        self._split_unusable = True
 
     def _run(self, batch: np.ndarray, selector, outputs: Sequence[str], progress: bool,
              summaries: list) -> Iterator[dict]:
@@ -423,39 +538,39 @@ class Explainer:
             count = len(chunk)
             if self.static_batch and count < self.static_batch:  # pad to the model's fixed batch
                 chunk, chunk_selector = self._padded(chunk, chunk_selector)
-            result = self._run_fitting(session, inputs, chunk, chunk_selector, list(outputs))
+            feeds = {name: value for name, value in ((self.input_name, chunk), (self.selector_name, chunk_selector))
+                     if name in inputs}
+            result = self._run_fitting(session, feeds, list(outputs))
             if len(chunk) > count:
                 result = {name: value[:count] for name, value in result.items()}
-            summaries.append({name: _host(result[name]) for name in SUMMARY if name in result})
+            summaries.append({name: host(result[name]) for name in SUMMARY if name in result})
             yield result
 
     def _padded(self, chunk, selector):
         """chunk (and its selector) padded with zeros (class -1) to the model's fixed batch size."""
         missing = self.static_batch - len(chunk)
-        xp = _array_module(chunk)
+        xp = array_module(chunk)
         chunk = xp.concatenate([chunk, xp.zeros((missing,) + chunk.shape[1:], chunk.dtype)])
         if selector is not None:
-            xp = _array_module(selector)
+            xp = array_module(selector)
             padding = xp.full((missing,) + selector.shape[1:], -1 if not self.seeded else 0, selector.dtype)
             selector = xp.concatenate([selector, padding])
         return chunk, selector
 
-    def _run_fitting(self, session: Session, inputs: list[str], chunk, selector, outputs: list[str]) -> dict:
-        """Run one chunk; a chunk too large for the GPU is split in halves, not crashed."""
-        feeds = {name: value for name, value in ((self.input_name, chunk), (self.selector_name, selector))
-                 if name in inputs}
+    def _run_fitting(self, session: Session, feeds: dict, outputs: list[str]) -> dict:
+        """Run once; a run too large for the GPU is split in halves along the rows of every feed, not crashed."""
         try:
             return session.run(feeds, outputs)
         except Exception as error:  # ONNX Runtime raises its own exception types, by message
             message = str(error).lower()
-            if len(chunk) < 2 or self.static_batch or not ("out of memory" in message or "allocate" in message):
+            rows = len(next(iter(feeds.values())))
+            if rows < 2 or self.static_batch or not ("out of memory" in message or "allocate" in message):
                 raise
-        half = (len(chunk) + 1) // 2
+        half = (rows + 1) // 2
         self.batch_size = max(1, min(self.batch_size, half))  # later chunks start at a size that fits
-        halves = [(chunk[:half], None if selector is None else selector[:half]),
-                  (chunk[half:], None if selector is None else selector[half:])]
-        parts = [self._run_fitting(session, inputs, part, part_selector, outputs) for part, part_selector in halves]
-        return {name: _concatenate([part[name] for part in parts]) for name in outputs}
+        parts = [self._run_fitting(session, {name: value[part] for name, value in feeds.items()}, outputs)
+                 for part in (slice(0, half), slice(half, None))]
+        return {name: concatenate([part[name] for part in parts]) for name in outputs}
 
     def _heatmaps(self, pairs: list[tuple[Any, Any]], entry: Method, size: tuple[int, int]):
         """[N,H,W] heatmaps from each target layer's (activation, gradient); several layers are aggregated."""
@@ -507,6 +622,31 @@ def _seed_shape_error(seed, expected: list) -> InputError:
                       "(explainer.predict(images) gives it)")
 
 
+def _on_host(value):
+    """An array, a list of arrays (one per target layer) or None, on the host."""
+    if value is None:
+        return None
+    return [host(part) for part in value] if isinstance(value, list) else host(value)
+
+
+def _join_rows(values: list):
+    """The rows of several runs' values joined: arrays, lists of arrays (one per target layer), or None."""
+    if values[0] is None:
+        return None
+    if isinstance(values[0], list):
+        return [concatenate([value[layer] for value in values]) for layer in range(len(values[0]))]
+    return concatenate(values)
+
+
+def _check_one_given(target_class, target, gradient_seed) -> None:
+    """InputError when more than one way to say what to explain is given."""
+    given = [name for name, value in (("target_class", target_class), ("target", target),
+                                      ("seed", gradient_seed)) if value is not None]
+    if len(given) > 1:
+        raise InputError(f"pass one of target_class, target and seed, got {' and '.join(given)}: a seed is "
+                         "the objective itself, targets and classes are turned into seeds")
+
+
 def _split_seed(seed) -> tuple[Any, Optional[int]]:
     """(gradient seed array, SmoothGrad noise seed) from explain's seed: an int is the noise seed."""
     if seed is None:
@@ -545,7 +685,7 @@ def _joined_tensors(kept: list[list[tuple[Any, Any]]], layers: int) -> tuple[Any
         if kept[0][0][index] is None:  # a method that reads no gradient
             joined.append(None)
             continue
-        per_layer = [_concatenate([pairs[layer][index] for pairs in kept]) for layer in range(layers)]
+        per_layer = [concatenate([pairs[layer][index] for pairs in kept]) for layer in range(layers)]
         joined.append(per_layer[0] if layers == 1 else per_layer)
     return joined[0], joined[1]
 
@@ -562,7 +702,7 @@ def _aggregate_normalized(maps: list, size: tuple[int, int]):
 def _resize_bilinear(maps, size: tuple[int, int]):
     """[N,h,w] float32 -> [N,H,W], bilinear with half-pixel centres and clamped edges, in
     cv2.resize(INTER_LINEAR)'s order (rows of each source row first, then between rows); NumPy or CuPy."""
-    xp = _array_module(maps)
+    xp = array_module(maps)
     with maps.device if xp is not np else contextlib.nullcontext():  # CuPy: taps on the maps' GPU
         top, bottom, top_weight, bottom_weight = (xp.asarray(tap) for tap in _bilinear_taps(maps.shape[1], size[0]))
         left, right, left_weight, right_weight = (xp.asarray(tap) for tap in _bilinear_taps(maps.shape[2], size[1]))
@@ -592,26 +732,6 @@ def _as_cupy(value):
     import cupy
 
     return cupy.from_dlpack(value.detach()) if type(value).__module__.startswith("torch") else value
-
-
-def _array_module(value):
-    if type(value).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
-
-
-def _host(value) -> np.ndarray:
-    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)
-
-
-def _concatenate(parts: list):
-    if len(parts) == 1:
-        return parts[0]
-    if parts and not isinstance(parts[0], np.ndarray):
-        import cupy
-        return cupy.concatenate(parts)
-    return np.concatenate(parts)
 
 
 def _input_shape(model: onnx.ModelProto, name: str) -> list:

@@ -1,20 +1,20 @@
 """Explaining detectors, segmenters and embedding models end to end on a model augmented with seed=True.
 
-Each helper runs the forward pass once for the batch, turns its outputs into seeds (a box's class
-score, a class's logits over the pixels predicted as that class, the similarity to a reference
-embedding) and explains all of them in as few seeded runs as the Explainer's batch_size allows,
-repeating an image once per thing explained in it.
+Each helper turns the model's own outputs into seeds (a box's class score, a class's logits over the
+pixels predicted as that class, the similarity to a reference embedding) and explains all of them in
+as few runs as the Explainer's batch_size allows: with CAM methods the forward pass runs once per
+image and only the reverse pass once per thing explained (Explainer.explain_found).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from onnx_gradcam.detect import Detections, decode, stack_seeds
 from onnx_gradcam.errors import InputError
-from onnx_gradcam.explainer import Explainer, Explanation, ImageInput, _array_module, _concatenate
+from onnx_gradcam.explainer import Explainer, Explanation, ImageInput
 from onnx_gradcam.targets import Segmentation, Similarity, seeds_for
 
 __all__ = ["DetectionExplanation", "SegmentationExplanation", "explain_detections", "explain_segmentation",
@@ -70,23 +70,29 @@ def explain_detections(explainer: Explainer, images: ImageInput, conf: float = 0
     (YOLOv8/11) or [N, A, 5+C] (YOLOv5/7); each box's heatmap explains its class score.
     """
     batch = _prepared(explainer, images, "explain_detections")
-    head = explainer.predict(batch)
-    if head.ndim != 3:
-        raise InputError(f"explain_detections needs a detection head [N, 4+C, A] or [N, A, 5+C] as the score, got "
-                         f"{list(head.shape)}; augment the plain model with seed=True and score=<the raw head output>")
-    detections = decode(head, layout=layout, conf=conf, iou=iou, max_det=max_det, classes=classes)
+    detections: list[Detections] = []
+
+    def find(start: int, head: np.ndarray):
+        if head.ndim != 3:
+            raise InputError(f"explain_detections needs a detection head [N, 4+C, A] or [N, A, 5+C] as the score, "
+                             f"got {list(head.shape)}; augment the plain model with seed=True and score=<the raw "
+                             "head output>")
+        found = decode(head, layout=layout, conf=conf, iou=iou, max_det=max_det, classes=classes)
+        detections.extend(found)
+        boxes = [(image, box) for image, boxes_found in enumerate(found) for box in range(len(boxes_found))]
+
+        def seeds(rows: slice) -> np.ndarray:
+            # stack_seeds on just these rows' boxes: a seed is a whole head (2.8 MB for YOLOv8 at 640), so the
+            # seeds of a chunk's boxes are made one run at a time, never all at once.
+            wanted = boxes[rows]
+            subsets = [_boxes(boxes_found, [box for owner, box in wanted if owner == image])
+                       for image, boxes_found in enumerate(found)]
+            return stack_seeds(subsets, head.shape, layout)[1]
+
+        return np.array([image for image, _ in boxes], np.int64), seeds
+
+    explained = explainer.explain_found(batch, find, method, keep_tensors, as_numpy)
     counts = [len(found) for found in detections]
-    boxes = [(image, box) for image, count in enumerate(counts) for box in range(count)]
-
-    def seeds(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        # stack_seeds on just these rows' boxes: a seed is a whole head (2.8 MB for YOLOv8 at 640), so the
-        # seeds of a batch's boxes are made one run at a time, never all at once.
-        wanted = boxes[rows]
-        subsets = [_boxes(found, [box for owner, box in wanted if owner == image])
-                   for image, found in enumerate(detections)]
-        return stack_seeds(subsets, head.shape, layout)
-
-    explained = _explain_rows(explainer, batch, len(boxes), seeds, method, keep_tensors, as_numpy)
     return [DetectionExplanation(found, **part) for found, part in zip(detections, _split(explained, counts))]
 
 
@@ -99,24 +105,33 @@ def explain_segmentation(explainer: Explainer, images: ImageInput, classes: Opti
     pixels predicted as that class (pytorch-grad-cam's SemanticSegmentationTarget with that mask).
     """
     batch = _prepared(explainer, images, "explain_segmentation")
-    logits = explainer.predict(batch)
-    if logits.ndim != 4:
-        raise InputError(f"explain_segmentation needs per-pixel logits [N, C, H, W] as the score, got "
-                         f"{list(logits.shape)}; augment the plain model with seed=True and score=<the logits>")
-    wanted = _wanted_classes(classes, logits.shape[1])
-    predicted = np.argmax(logits, axis=1)
-    present = [[c for c in np.unique(image) if c in wanted] for image in predicted]
-    counts = [len(found) for found in present]
-    image_index = np.repeat(np.arange(len(batch), dtype=np.int64), counts)
-    row_classes = np.array([c for found in present for c in found], np.int64)
+    found_classes, found_masks = [], []
 
-    def seeds(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        targets = [Segmentation(int(label)) for label in row_classes[rows]]
-        return image_index[rows], seeds_for(targets, logits[image_index[rows]])
+    def find(start: int, logits: np.ndarray):
+        if logits.ndim != 4:
+            raise InputError(f"explain_segmentation needs per-pixel logits [N, C, H, W] as the score, got "
+                             f"{list(logits.shape)}; augment the plain model with seed=True and score=<the logits>")
+        wanted = _wanted_classes(classes, logits.shape[1])
+        predicted = np.argmax(logits, axis=1)
+        present = [[c for c in np.unique(image) if c in wanted] for image in predicted]
+        image_index = np.repeat(np.arange(len(logits), dtype=np.int64), [len(found) for found in present])
+        row_classes = np.array([c for found in present for c in found], np.int64)
+        found_classes.append([np.array(found, np.int64) for found in present])
+        found_masks.append([predicted[image][None] == np.array(found, np.int64)[:, None, None]
+                            for image, found in enumerate(present)])
 
-    explained = _explain_rows(explainer, batch, len(row_classes), seeds, method, keep_tensors, as_numpy)
-    explained.update(classes=row_classes, masks=predicted[image_index] == row_classes[:, None, None])
-    return [SegmentationExplanation(**part) for part in _split(explained, counts)]
+        def seeds(rows: slice) -> np.ndarray:
+            targets = [Segmentation(int(label)) for label in row_classes[rows]]
+            return seeds_for(targets, logits[image_index[rows]])
+
+        return image_index, seeds
+
+    explained = explainer.explain_found(batch, find, method, keep_tensors, as_numpy)
+    per_image_classes = [found for chunk in found_classes for found in chunk]
+    per_image_masks = [masks for chunk in found_masks for masks in chunk]
+    parts = _split(explained, [len(found) for found in per_image_classes])
+    return [SegmentationExplanation(classes=image_classes, masks=masks, **part)
+            for image_classes, masks, part in zip(per_image_classes, per_image_masks, parts)]
 
 
 def explain_similarity(explainer: Explainer, images: ImageInput, reference_embedding: np.ndarray,
@@ -157,46 +172,11 @@ def _wanted_classes(classes: Optional[Iterable[int]], count: int) -> set[int]:
     return wanted
 
 
-def _explain_rows(explainer: Explainer, batch, count: int,
-                  seeds: Callable[[slice], tuple[np.ndarray, np.ndarray]], method: Optional[str],
-                  keep_tensors: bool, as_numpy: bool) -> dict:
-    """Heatmaps, scores (and tensors) of count rows, batch_size rows a run; seeds(rows) gives the rows'
-    (image index into batch, seeds)."""
-    xp = _array_module(batch)
-    size = explainer.batch_size
-    parts = []
-    for start in range(0, count, size):
-        image_index, row_seeds = seeds(slice(start, start + size))
-        explanation = explainer.explain(batch[xp.asarray(image_index)], seed=row_seeds, method=method,
-                                        keep_tensors=keep_tensors, as_numpy=as_numpy)
-        # Only what each row needs is kept: the logits would be a whole head per row.
-        parts.append({name: getattr(explanation, name) for name in ("heatmaps", "scores", "activation", "gradient")})
-    if not parts:
-        height, width = _image_size(explainer, batch)
-        return {"heatmaps": np.zeros((0, height, width), np.float32), "scores": np.zeros(0, np.float32),
-                "activation": None, "gradient": None}
-    return {name: _join([part[name] for part in parts]) for name in parts[0]}
-
-
-def _join(values: list):
-    """The rows of several runs' values joined: arrays, lists of arrays (one per target layer), or None."""
-    if values[0] is None:
-        return None
-    if isinstance(values[0], list):
-        return [_concatenate([value[layer] for value in values]) for layer in range(len(values[0]))]
-    return _concatenate(values)
-
-
 def _boxes(detections: Detections, indices: list[int]) -> Detections:
     """The boxes of detections at these indices."""
     rows = np.asarray(indices, np.int64)
     return Detections(boxes=detections.boxes[rows], scores=detections.scores[rows], classes=detections.classes[rows],
                       anchors=detections.anchors[rows], layout=detections.layout)
-
-
-def _image_size(explainer: Explainer, batch) -> tuple[int, int]:
-    """(H, W) of a model-input batch in the explainer's layout."""
-    return tuple(batch.shape[1:3] if explainer.layout == "NHWC" else batch.shape[2:4])
 
 
 def _split(explained: dict, counts: Sequence[int]) -> list[dict]:

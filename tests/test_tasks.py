@@ -207,13 +207,13 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 class Recorder:
-    """Wraps a session: records the batch size of each run."""
+    """Wraps a session: records the rows of each run."""
 
     def __init__(self, session) -> None:
         self.session, self.sizes = session, []
 
     def run(self, feeds, outputs):
-        self.sizes.append(len(feeds["images"]))
+        self.sizes.append(len(next(iter(feeds.values()))))
         return self.session.run(feeds, outputs)
 
 
@@ -247,17 +247,33 @@ def test_each_box_gradient_equals_autograd_of_its_class_score_and_its_heatmap_th
         module.float()
 
 
-def test_all_boxes_of_a_batch_run_in_batch_size_chunks_after_one_forward_run(v8):
+def test_the_forward_pass_runs_once_per_image_and_the_reverse_pass_once_per_box(v8):
     images = images_for(2)
     explainer = Explainer(v8["augmented"], batch_size=3)
     explain_detections(explainer, images[:1], conf=0.5, max_det=4)  # creates the sessions
-    recorders = {key: Recorder(session) for key, session in explainer._sessions.items()}
-    explainer._sessions.update(recorders)
+    (split,) = explainer._splits.values()
+    assert split is not None, "the YOLO-style graph should split into a forward and a reverse part"
+    split.forward, split.reverse = Recorder(split.forward), Recorder(split.reverse)
+    whole = {key: Recorder(session) for key, session in explainer._sessions.items()}
+    explainer._sessions.update(whole)
     results = explain_detections(explainer, images, conf=0.5, max_det=4)
     assert sum(len(result) for result in results) == 8
-    assert recorders[frozenset([LOGITS])].sizes == [2]  # the forward pass of the batch
-    (seeded,) = [recorder for key, recorder in recorders.items() if key != frozenset([LOGITS])]
-    assert seeded.sizes == [3, 3, 2]  # 8 boxes, each image repeated once per box
+    assert split.forward.sizes == [2]  # the forward pass of the batch, once
+    assert split.reverse.sizes == [3, 3, 2]  # 8 boxes: one reverse row per box, batch_size rows a run
+    assert all(recorder.sizes == [] for recorder in whole.values())  # the whole graph never runs
+
+
+def test_a_graph_that_cannot_be_split_runs_whole_with_the_same_heatmaps(v8, monkeypatch):
+    images = images_for(2)
+    split = explain_detections(Explainer(v8["augmented"], batch_size=3), images, conf=0.5, max_det=4)
+    explainer = Explainer(v8["augmented"], batch_size=3)
+    explainer.drop_split()
+    whole = explain_detections(explainer, images, conf=0.5, max_det=4)
+    assert not explainer._splits
+    for ours, theirs in zip(split, whole):
+        np.testing.assert_array_equal(ours.detections.anchors, theirs.detections.anchors)
+        np.testing.assert_allclose(ours.heatmaps, theirs.heatmaps, atol=1e-6)
+        np.testing.assert_allclose(ours.scores, theirs.scores, rtol=1e-6)
 
 
 def test_no_box_above_conf_gives_empty_explanations(v8):

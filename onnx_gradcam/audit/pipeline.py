@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from ..arrays import host
 from ..explainer import Explainer
 from ..labels import label_name
 from ..render import overlay
@@ -141,8 +142,8 @@ class BatchExplainer:
         tensor = np.stack([batch[index].tensor for index in positions])
         target = self.target_class if classes is None else np.asarray([classes[i] for i in positions], np.int64)
         explanation = self.explainer.explain(tensor, target_class=target, method=method)
-        return (_host(explanation.heatmaps).astype(np.float32, copy=False), _host(explanation.classes),
-                _host(explanation.scores), explanation.probabilities)
+        return (host(explanation.heatmaps).astype(np.float32, copy=False), host(explanation.classes),
+                host(explanation.scores), explanation.probabilities)
 
     def results(self, batch: Sequence[Decoded], explained: Union[Explained, Sequence[Explained]]) -> BatchResult:
         """Records (with heatmap statistics and metrics), heatmaps and encoded overlays: per input, a record for
@@ -226,7 +227,3 @@ def _int_or_none(label: Optional[str]) -> Optional[int]:
         return int(label) if label is not None else None
     except ValueError:
         return None
-
-
-def _host(value) -> np.ndarray:
-    return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else np.asarray(value)

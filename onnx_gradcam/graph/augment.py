@@ -32,6 +32,13 @@ METADATA_PREFIX = "gradcam_"
 
 def _analyse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphBuilder, GraphIndex]:
     """Shape-infer a weightless copy of model and index it."""
+    inferred = inferred_skeleton(model)
+    builder = GraphBuilder(inferred)
+    return inferred, builder, GraphIndex(inferred, builder)
+
+
+def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A weightless copy of model with every shape ONNX's and ONNX Runtime's inference can find."""
     inferred = without_weights(model)
     _unknown_negative_dims(inferred)
     for _ in range(8):
@@ -42,8 +49,7 @@ def _analyse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, GraphBuilder, Gra
         if not _seed_reshape_ranks(inferred):
             break
     _add_symbolic_shapes(inferred)
-    builder = GraphBuilder(inferred)
-    return inferred, builder, GraphIndex(inferred, builder)
+    return inferred
 
 
 def _unknown_negative_dims(model: onnx.ModelProto) -> None:

@@ -69,3 +69,36 @@ def test_memory_stays_flat_over_many_batches(augmented):
     for _ in range(500):
         explainer.explain(images)
     assert pool.used_bytes() <= baseline + 8 * 1024**2
+
+
+def test_seeded_rows_of_a_split_model_on_cuda_equal_the_cpu(augmented_seeded):
+    """The split run (forward once, reverse on gathered rows: found.py) on the GPU; CPU twin: tests/graph/test_split.py."""
+    images = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    index = np.array([0, 2, 2, 1])
+
+    def find(start, score):
+        seeds = np.zeros((len(index), score.shape[1]), np.float32)
+        seeds[np.arange(len(index)), [3, 5, 7, 9]] = 1
+        return index, lambda rows: seeds[rows]
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        explainer = onnx_gradcam.Explainer(augmented_seeded, device=device, batch_size=3)
+        results[device] = explainer.explain_found(images, find, keep_tensors=True)
+        assert explainer.split_sessions([name for name in explainer._output_sets(explainer._entry(None))[0]
+                                         if name != "gradcam_logits"]) is not None
+    gpu, cpu = results["cuda"], results["cpu"]
+    assert isinstance(gpu["heatmaps"], cupy.ndarray)
+    scale = np.abs(cpu["gradient"]).max()
+    assert np.abs(cupy.asnumpy(gpu["gradient"]) - cpu["gradient"]).max() <= 1e-4 * scale
+    np.testing.assert_allclose(cupy.asnumpy(gpu["heatmaps"]), cpu["heatmaps"], rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def augmented_seeded(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    path = tmp_path_factory.mktemp("seeded") / "model.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return onnx_gradcam.augment(path, seed=True)
