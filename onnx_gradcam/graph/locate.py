@@ -10,6 +10,7 @@ flattened and transposed to [N, T, C] gives tokens ("NTC") on a known grid.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, replace
 from typing import ClassVar, Optional
 
@@ -48,6 +49,16 @@ _SAME_AXES = frozenset({
     "Reciprocal", "LayerNormalization", "SimplifiedLayerNormalization"})
 # Ops that keep the axes of a map, resizing or padding h and w: on tokens they would add or drop tokens.
 _MAP_AXES = frozenset({"Pad", "Resize", "Upsample"})
+# Ops whose map output lies on the grid of their map input, beyond elementwise ops (GraphIndex.grid_reach);
+# the _STRIDED ones only when all their strides are 1.
+_KEEPS_GRID = frozenset({"BatchNormalization", "InstanceNormalization", "GroupNormalization", "LRN", "Pad",
+                         "Transpose", "MatMul"})
+_STRIDED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool"})
+# Ops through which a tensor's values reach the output one by one: elementwise ops (not the normalizations,
+# which mix channels) and ops that move values (a readout, see GraphIndex.readouts).
+_READS = (_SAME_AXES - {"LayerNormalization", "SimplifiedLayerNormalization"}) | frozenset({
+    "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Expand",
+    "Tile", "Pad", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth"})
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,75 @@ class GraphIndex:
                     seen.add(name)
                     stack.append(name)
         return seen
+
+    def immediate_dominators(self, source: Optional[str]) -> dict[str, str]:
+        """The immediate dominator of each float tensor computed from source through differentiable ops.
+
+        t dominates u when every such path from source to u passes t; source is its own. The nodes are
+        in topological order (ONNX requires it), so one pass over them finds all (the intersection of
+        Cooper, Harvey and Kennedy's algorithm, on a DAG).
+        """
+        if source is None:
+            return {}
+        dominator, depth = {source: source}, {source: 0}
+
+        def common(a: str, b: str) -> str:
+            while a != b:
+                if depth[a] >= depth[b]:
+                    a = dominator[a]
+                else:
+                    b = dominator[b]
+            return a
+
+        for node in self.nodes:
+            if not is_differentiable(node.op_type):
+                continue
+            inputs = [name for name in node.input if name in dominator]
+            if not inputs:
+                continue
+            nearest = functools.reduce(common, inputs)
+            for out in node.output:
+                if out and self.is_float(out) and out not in dominator:
+                    dominator[out], depth[out] = nearest, depth[nearest] + 1
+        return dominator
+
+    def readouts(self, score_tensor: str) -> set[str]:
+        """Tensors the score reads value by value: reached from them along a path of elementwise ops and
+        ops that move values (reshape, transpose, concat, split, slice, gather, pad, resize) only."""
+        read = {score_tensor}
+        for node in reversed(self.nodes):
+            if node.op_type in _READS and any(out in read for out in node.output):
+                read.update(name for name in node.input if name and self.is_float(name))
+        return read
+
+    def grid_reach(self, tensor: str) -> set[str]:
+        """The maps computed from the map tensor on its grid (tensor included).
+
+        They are reached through elementwise ops, normalizations, stride-1 convolutions and pools, Pad,
+        concat and split along channels, a Linear over channels-last maps and a layout Transpose;
+        strided ops and resizing leave the grid.
+        """
+        seen, stack = {tensor}, [tensor]
+        while stack:
+            name = stack.pop()
+            for node in self.consumers.get(name, []):
+                if not self._keeps_grid(node, name):
+                    continue
+                for out in node.output:
+                    if out not in seen and self.layouts.get(out) in (NCHW, NHWC):
+                        seen.add(out)
+                        stack.append(out)
+        return seen if self.layouts.get(tensor) in (NCHW, NHWC) else set()
+
+    def _keeps_grid(self, node: onnx.NodeProto, tensor: str) -> bool:
+        """node's map outputs lie on the grid of its map input tensor."""
+        op = node.op_type
+        if op in _STRIDED:
+            return all(stride == 1 for stride in _attribute(node, "strides", []))
+        if op in ("Concat", "Split"):
+            rank = self.builder.rank(tensor) or 4
+            return _attribute(node, "axis", 0) % rank == (1 if self.layouts[tensor] == NCHW else 3)
+        return op in _KEEPS_GRID or op in _SAME_AXES or keeps_layout(op)
 
     def image_size(self) -> tuple[Dim, Dim]:
         """(H, W) of the image input (None where unknown)."""
@@ -511,15 +591,81 @@ def _describe(index: GraphIndex, name: str, shape: tuple, node: onnx.NodeProto, 
 
 
 def branch_targets(index: GraphIndex, score_tensor: str) -> list[TargetInfo]:
-    """The deepest map auto would accept on each branch that feeds the score, in graph order.
+    """The last map each scale of the score shares, in graph order; a plain chain's deepest map alone.
 
-    A detector scores its boxes from several heads (one per scale): the deepest single map sits in one
-    of them, and boxes of the other scales would get blank maps. The usable candidates from which no
-    other usable candidate is reached are one per branch; a plain chain has just one.
+    The branch ends come first: the usable maps that reach the score through no other usable candidate
+    (of tokens, only those that reach none at all: a residual stream reaches the score past the last
+    attention through its class token alone). One end is a plain chain's, and it is the target. Several
+    are the branches of a detector (box and class, on each scale) or of a segmenter, and then:
+    - a map the score reads value by value (through elementwise ops and moves: reshape, concat, slice,
+      resize...), such as a branch's last conv of class logits, is no end: its Grad-CAM is the class's
+      own logit map, negative where the class is unlikely and so blank after ReLU;
+    - each end gives way to the map its scale's branches fork from: the deepest usable map that
+      dominates it and another end (every path from the image to either passes there) and reaches both
+      on its own grid (see GraphIndex.grid_reach). An end with no such map stays itself.
     """
     usable = [c for c in list_candidates(index, score_tensor) if c.auto or not c.note]
+    ends = _branch_ends(index, score_tensor, usable)
+    if len(ends) < 2:
+        return ends
+    readouts = index.readouts(score_tensor)
+    usable = [c for c in usable if c.name not in readouts] or usable
+    ends = [c.name for c in _branch_ends(index, score_tensor, usable)]
+    dominators = index.immediate_dominators(_image_input(index))
+    usable_names = {c.name for c in usable}
+    grids: dict[str, set[str]] = {}
+    picked = {_fork(index, end, ends, dominators, usable_names, grids) for end in ends}
+    return [c for c in usable if c.name in picked]
+
+
+def _branch_ends(index: GraphIndex, score_tensor: str, usable: list[TargetInfo]) -> list[TargetInfo]:
+    """The usable candidates that reach the score through no other usable candidate (see branch_targets)."""
+    names = {c.name for c in usable}
     reached = {c.name: index.reaching(c.name) for c in usable}
-    return [c for c in usable if not any(o.name != c.name and o.name in reached[c.name] for o in usable)]
+    score_paths = index.differentiable_ancestors(score_tensor)
+    unblocked = {score_tensor}  # tensors that reach the score through no usable candidate after them
+    for node in reversed(index.nodes):
+        if is_differentiable(node.op_type) and any(
+                out in unblocked and out not in names and out in score_paths for out in node.output):
+            unblocked.update(name for name in node.input if name in score_paths)
+    return [c for c in usable
+            if not any(o.name != c.name and o.name in reached[c.name] for o in usable)
+            or (c.layout in (NCHW, NHWC) and c.name in unblocked)]
+
+
+def _fork(index: GraphIndex, end: str, ends: list[str], dominators: dict[str, str], usable: set[str],
+          grids: dict[str, set[str]]) -> str:
+    """The deepest usable map that dominates end and another end and reaches both on its grid; else end."""
+    others = [other for other in ends if other != end]
+    tensor = end
+    while tensor in dominators:
+        if tensor in usable:
+            shared = [other for other in others if _dominates(dominators, tensor, other)]
+            if shared:
+                if tensor not in grids:
+                    grids[tensor] = index.grid_reach(tensor)
+                if end in grids[tensor] and any(other in grids[tensor] for other in shared):
+                    return tensor
+        if dominators[tensor] == tensor:
+            break
+        tensor = dominators[tensor]
+    return end
+
+
+def _dominates(dominators: dict[str, str], dominator: str, tensor: str) -> bool:
+    """Every path from the root of dominators to tensor passes dominator (tensor dominates itself)."""
+    if tensor not in dominators:
+        return False
+    while tensor != dominator:
+        if dominators[tensor] == tensor:
+            return False
+        tensor = dominators[tensor]
+    return True
+
+
+def _image_input(index: GraphIndex) -> Optional[str]:
+    """The image input: the graph's first input that is not an initializer."""
+    return next((i.name for i in index.model.graph.input if i.name not in index.initializers), None)
 
 
 def _mark_auto(index: GraphIndex, score_tensor: str, candidates: list[TargetInfo]) -> list[TargetInfo]:
