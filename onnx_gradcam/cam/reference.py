@@ -128,8 +128,11 @@ def aggregate_layers(cams: Sequence[np.ndarray], size: tuple[int, int]) -> np.nd
     size = _check_size(size)
     if not cams or len({len(cam) for cam in cams}) != 1:
         raise InputError("aggregate_layers needs one or more [N,h,w] maps with the same N, one per target layer")
-    resized = [_resize_batch(normalize(np.maximum(np.asarray(cam, np.float32), 0)), size) for cam in cams]
-    return normalize(np.mean(resized, axis=0, dtype=np.float32))
+    total = None
+    for cam in cams:  # summed one layer at a time, in np.mean's order, without stacking the layers
+        resized = _resize_batch(normalize(np.maximum(np.asarray(cam, np.float32), 0)), size)
+        total = resized if total is None else np.add(total, resized, out=total)  # resized is a new array
+    return normalize(total / np.float32(len(cams)))
 
 
 def normalize(cam: np.ndarray) -> np.ndarray:
