@@ -5,6 +5,7 @@ import contextlib
 import json
 import operator
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
@@ -505,12 +506,17 @@ class Explainer:
         if key not in self._splits:
             try:
                 split = split_seeded(load_model(self._source), [*outputs, LOGITS])
-            except (ValueError, GradCamError):
+            except (ValueError, GradCamError):  # a graph the split does not handle runs whole
                 self._splits[key] = None
-            else:
+                return None
+            try:
                 self._splits[key] = SplitSessions(split, lambda model: Session(
                     model, device=self.device_spec, providers=self.providers,
                     options=self.session_options or _default_session_options()))
+            except Exception as error:  # ONNX Runtime refusing a part: the whole graph still gives the answer
+                warnings.warn(f"the seeded model's forward and reverse parts did not load ({error}); "
+                              "explaining with the whole graph instead", RuntimeWarning)
+                self._splits[key] = None
         return self._splits[key]
 
     def drop_split(self) -> None:

@@ -39,7 +39,11 @@ class SeededSplit:
 
 
 def split_seeded(model: onnx.ModelProto, outputs: Sequence[str]) -> SeededSplit:
-    """Split a seed=True augmented model computing outputs into a forward graph and a seeded reverse graph."""
+    """Split a seed=True augmented model computing outputs into a forward graph and a seeded reverse graph.
+
+    ValueError when the model has no seed input, no output depends on it, or a value the parts would pass
+    has no known type.
+    """
     pruned = keep_outputs(model, outputs)
     graph = pruned.graph
     if SEED not in {value.name for value in graph.input}:
@@ -47,6 +51,8 @@ def split_seeded(model: onnx.ModelProto, outputs: Sequence[str]) -> SeededSplit:
     seeded = _seeded_tensors(graph)
     reverse_outputs = tuple(name for name in outputs if name in seeded)
     forward_outputs = tuple(name for name in outputs if name not in seeded)
+    if not reverse_outputs:
+        raise ValueError(f"none of {list(outputs)} depends on {SEED}: there is no reverse part to split off")
     shapes = _shapes_with_probe_batch(pruned)
     reverse_nodes, saved = _reverse_part(pruned, shapes, seeded, set(forward_outputs))
     forward = keep_outputs(pruned, [*forward_outputs, *saved])

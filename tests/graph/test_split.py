@@ -13,9 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
-from onnx_gradcam import augment
+from onnx_gradcam import Explainer, augment
+from onnx_gradcam import explainer as explainer_module
 from onnx_gradcam.graph.augment import ACTIVATION, GRADIENT, LOGITS, SCORE, SEED
 from onnx_gradcam.graph.split import split_seeded
+from onnx_gradcam.targets import Segmentation
 from tests.graph.test_seed import Segmenter, export, run
 
 OUTPUTS = [ACTIVATION, GRADIENT, SCORE, LOGITS]
@@ -131,3 +133,65 @@ def test_a_model_without_a_seed_input_is_refused():
     model = augment(export(Segmenter().eval(), (1, 3, 16, 16)), target="auto", score="output", seed=False)
     with pytest.raises(ValueError, match="gradcam_seed"):
         split_seeded(model, [ACTIVATION, GRADIENT])
+
+
+# ---------------------------------------------------------------- the Explainer's split run and its fallbacks
+
+@pytest.fixture(scope="module")
+def seeded_segmenter():
+    torch.manual_seed(0)
+    return augment(export(Segmenter().eval(), (1, 3, 16, 16)), target="auto", seed=True)
+
+
+def test_explain_with_targets_runs_the_split_and_equals_the_whole_graph(seeded_segmenter):
+    images = random_images(3, 16, 16)
+    split = Explainer(seeded_segmenter, batch_size=2)
+    result = split.explain(images, target=Segmentation(0), keep_tensors=True)
+    assert [sessions is not None for sessions in split._splits.values()] == [True]
+    whole = Explainer(seeded_segmenter, batch_size=2)
+    whole.drop_split()
+    expected = whole.explain(images, target=Segmentation(0), keep_tensors=True)
+    assert not whole._splits
+    assert np.abs(expected.gradient).max() > 0 and (expected.heatmaps.max(axis=(1, 2)) > 0.5).all()
+    np.testing.assert_allclose(result.gradient, expected.gradient, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-6)
+    np.testing.assert_allclose(result.scores, expected.scores, rtol=1e-5)
+    np.testing.assert_array_equal(result.classes, expected.classes)
+    np.testing.assert_array_equal(result.logits, expected.logits)
+
+
+def test_parts_onnx_runtime_refuses_to_load_warn_and_run_whole(seeded_segmenter, monkeypatch):
+    images = random_images(2, 16, 16)
+    expected = Explainer(seeded_segmenter).explain(images, target=Segmentation(2))
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("cannot load")
+
+    monkeypatch.setattr(explainer_module, "SplitSessions", refuse)
+    explainer = Explainer(seeded_segmenter)
+    with pytest.warns(RuntimeWarning, match="whole graph"):
+        result = explainer.explain(images, target=Segmentation(2))
+    assert (expected.heatmaps.max(axis=(1, 2)) > 0.5).all()
+    np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-6)
+
+
+def test_a_saved_value_without_a_row_per_image_drops_the_split(seeded_segmenter):
+    images = random_images(2, 16, 16)
+    expected = Explainer(seeded_segmenter).explain(images, target=Segmentation(0))
+    explainer = Explainer(seeded_segmenter)
+    explainer.explain(images[:1], target=Segmentation(0))  # makes the split
+    (sessions,) = explainer._splits.values()
+    forward = sessions.forward
+
+    class ExtraRow:  # a forward part whose saved values come with one row too many
+        def run(self, feeds, outputs):
+            result = forward.run(feeds, outputs)
+            return {name: np.concatenate([value, value[:1]]) if name in sessions.split.saved else value
+                    for name, value in result.items()}
+
+    sessions.forward = ExtraRow()
+    with pytest.warns(RuntimeWarning, match="whole graph"):
+        result = explainer.explain(images, target=Segmentation(0))
+    assert explainer.split_sessions(["anything"]) is None  # dropped for good
+    assert (expected.heatmaps.max(axis=(1, 2)) > 0.5).all()
+    np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-6)
