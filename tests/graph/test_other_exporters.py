@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_gradcam import Explainer, augment, list_targets
 from onnx_gradcam.cam import reference
 from onnx_gradcam.graph.augment import ACTIVATION, CLASS, GRADIENT, HEATMAP, LOGITS, SCORE, TARGET_CLASS
+from tests.graph.onnx_net import Net
 
 BATCH = 2
 CLASSES = 10
@@ -25,51 +26,6 @@ RELATIVE_TOLERANCE = 1e-4
 
 # ---------------------------------------------------------------- model building helpers
 
-class Net:
-    """Collects nodes and seeded float32 initializers of one hand-built graph."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.count = 0
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
-
-    def weight(self, array, hint: str = "w") -> str:
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def random(self, shape, scale: float, hint: str = "w") -> str:
-        return self.weight((self.rng.standard_normal(shape) * scale).astype(np.float32), hint)
-
-    def op(self, op_type: str, *inputs: str, hint: str = "", **attrs) -> str:
-        out = self.name(hint or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs))
-        return out
-
-    def conv_bn_relu(self, x: str, cin: int, cout: int, stride: int = 1) -> str:
-        weight = self.random([cout, cin, 3, 3], np.sqrt(2.0 / (9 * cin)), "conv_w")
-        y = self.op("Conv", x, weight, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride])
-        scale = self.weight((1 + 0.2 * self.rng.standard_normal(cout)).astype(np.float32), "bn_scale")
-        bias = self.weight((0.1 * self.rng.standard_normal(cout)).astype(np.float32), "bn_bias")
-        mean = self.weight((0.1 * self.rng.standard_normal(cout)).astype(np.float32), "bn_mean")
-        var = self.weight((0.5 + self.rng.random(cout)).astype(np.float32), "bn_var")
-        y = self.op("BatchNormalization", y, scale, bias, mean, var, epsilon=1e-3)
-        return self.op("Relu", y)
-
-    def model(self, inputs, outputs, opset: int, producer: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "classifier", inputs, outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                                  producer_name=producer)
-        model.ir_version = 8
-        onnx.checker.check_model(model, full_check=True)
-        return model
-
-
 def tf2onnx_style(product_of_dims: bool = False, value_info: bool = True) -> onnx.ModelProto:
     """NHWC input, leading Transpose, Conv+BN+Relu, NHWC tail, Shape-arithmetic Reshape, MatMul+Add,
     decomposed HardSwish in the dense head, Softmax.
@@ -79,8 +35,8 @@ def tf2onnx_style(product_of_dims: bool = False, value_info: bool = True) -> onn
     """
     net = Net(seed=11)
     x = net.op("Transpose", "input_1", perm=[0, 3, 1, 2], hint="to_nchw")
-    x = net.conv_bn_relu(x, 3, 8)
-    x = net.conv_bn_relu(x, 8, 12, stride=2)  # 16x16
+    x = net.conv_bn_relu(x, 3, 8, bias=False)
+    x = net.conv_bn_relu(x, 8, 12, stride=2, bias=False)  # 16x16
     weight = net.random([16, 12, 3, 3], np.sqrt(2.0 / 108), "conv_w")
     x = net.op("Conv", x, weight, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])  # 8x8
     # tf2onnx keeps the bias add and activation after the transpose back, in NHWC.
@@ -118,7 +74,7 @@ def paddle2onnx_style() -> onnx.ModelProto:
     """Opset 11: Clip with min/max inputs, ReduceMean head, Squeeze/Unsqueeze with axes attributes,
     Flatten + MatMul + Add, Softmax."""
     net = Net(seed=22)
-    x = net.conv_bn_relu("x", 3, 8, stride=2)  # 16x16
+    x = net.conv_bn_relu("x", 3, 8, stride=2, bias=False)  # 16x16
     weight = net.random([16, 8, 3, 3], 3 * np.sqrt(2.0 / 72), "conv_w")  # large enough to reach 6
     x = net.op("Conv", x, weight, net.random([16], 0.1, "conv_b"), kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                hint="conv_last")
@@ -138,7 +94,7 @@ def paddle2onnx_style() -> onnx.ModelProto:
 def gap_gemm_style() -> onnx.ModelProto:
     """GlobalAveragePool + Reshape([0,-1]) + Gemm(transB=1) + LogSoftmax."""
     net = Net(seed=33)
-    x = net.conv_bn_relu("images", 3, 8)
+    x = net.conv_bn_relu("images", 3, 8, bias=False)
     x = net.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2])  # 16x16
     weight = net.random([16, 8, 3, 3], np.sqrt(2.0 / 72), "conv_w")
     target = net.op("Relu", net.op("Conv", x, weight, net.random([16], 0.1, "conv_b"),
