@@ -9,8 +9,6 @@ own explanation for Class targets on a seeded model; cv2.resize for the device p
 """
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import onnx
@@ -29,20 +27,15 @@ from onnx_gradcam.graph.augment import LOGITS, augmented_metadata  # noqa: E402
 from onnx_gradcam.prepare import input_shape_for, prepare_model, task_score  # noqa: E402
 from onnx_gradcam.targets import Class, Detection, Segmentation, Similarity, seeds_for  # noqa: E402
 from onnx_gradcam.tasks import explain_detections, explain_segmentation, explain_similarity  # noqa: E402
+from tests import export_helpers  # noqa: E402
+from tests.export_helpers import TwoLayerClassifier  # noqa: E402
 
 CLASSES = 3
 SIZE = 64
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The oracles run in one torch thread: on a busy machine OpenMP's threads spin-wait on each other
-    (measured on 2 shared cores: LR-ASPP's export and GradCAM 1 s with one thread, 5 to 17 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- models
@@ -108,17 +101,6 @@ class YoloV5Like(nn.Module):
         return torch.cat(outputs, 1)
 
 
-class TwoLayerClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.second = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.second(self.first(x)).mean((2, 3)))
-
-
 class SmallSegmenter(nn.Module):
     """Per-pixel logits [N, C, H, W] at the input size: two strided convs, a 1x1 classifier, bilinear upsampling."""
 
@@ -144,11 +126,8 @@ class OutputOnly(nn.Module):
 
 
 def export(module: nn.Module, size: tuple[int, int] = (SIZE, SIZE), dynamic_size: bool = False) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    torch.onnx.export(module, torch.zeros(1, 3, *size), buffer, input_names=["images"], output_names=["output0"],
-                      dynamic_axes={"images": axes, "output0": {0: "batch"}}, opset_version=17, dynamo=False)
-    return onnx.load_from_string(buffer.getvalue())
+    """The module exported from one 3-channel image of size, its output named as Ultralytics names it."""
+    return export_helpers.export(module, (1, 3, *size), dynamic_size, output="output0")
 
 
 def output_of(model: onnx.ModelProto, prefix: str) -> str:

@@ -41,13 +41,7 @@ TARGETS = NECK_TENSORS  # the outputs of the C2f modules 15, 18 and 21, which fe
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The oracles run in one torch thread: OpenMP's threads spin-wait on each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def photos(size: tuple[int, int]) -> np.ndarray:

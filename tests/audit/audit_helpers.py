@@ -1,9 +1,12 @@
-"""Helpers for the audit tests: small digit PNGs, a folder of bad inputs, and the audit command."""
+"""Helpers for the audit tests: small digit PNGs, a folder of bad inputs, the audit command and its killing."""
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -77,6 +80,27 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
+
+
+def committed_parts(out: Path) -> list[Path]:
+    """The parts an audit writing to out has committed so far, in order."""
+    return sorted((out / "parts").glob("part-*.parquet"))
+
+
+def run_and_kill(command: list[str], out: Path, parts_before: int, more_parts: int, timeout: float = 90) -> list[Path]:
+    """Start the command, SIGKILL it once more_parts new parts are committed; return the parts committed."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(committed_parts(out)) < parts_before + more_parts:
+            assert process.poll() is None, "the audit ended before it could be killed"
+            assert time.monotonic() < deadline, "no parts were committed in time"
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return committed_parts(out)
 
 
 def tiny_plain_model(path: Path) -> Path:

@@ -1,39 +1,16 @@
 """SIGKILL the audit command mid-run, twice, then rerun it: every input exactly once, no truncated file."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from audit_helpers import audit_command, subprocess_env, write_digits
+from audit_helpers import audit_command, committed_parts, run_and_kill, subprocess_env, write_digits
 
 IMAGES = 240
-
-
-def committed_parts(out):
-    return sorted((out / "parts").glob("part-*.parquet"))
-
-
-def run_and_kill(command, out, parts_before, more_parts=4, timeout=90):
-    """Start the command, SIGKILL it once more_parts new parts are committed; return the parts committed."""
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(committed_parts(out)) < parts_before + more_parts:
-            assert process.poll() is None, "the audit ended before it could be killed"
-            assert time.monotonic() < deadline, "no parts were committed in time"
-            time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return committed_parts(out)
 
 
 def assert_nothing_truncated(out):
@@ -65,10 +42,10 @@ def test_killed_twice_then_rerun_gives_every_input_exactly_once(model_path, tmp_
                                  "--workers", "1", "--commit-every", "4", *options,
                                  "--save", "overlays,heatmaps",
                                  "--overlay-format", "png", "--no-report", "--no-progress"]
-    first = run_and_kill(command, out, 0)
+    first = run_and_kill(command, out, 0, more_parts=4)
     assert_nothing_truncated(out)
     first_keys = {key for part in first for key in keys(pq.read_table(part))}
-    second = run_and_kill(command, out, len(first))
+    second = run_and_kill(command, out, len(first), more_parts=4)
     assert_nothing_truncated(out)
     assert set(first) <= set(second)  # committed parts are never rewritten or lost
 

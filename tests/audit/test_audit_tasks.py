@@ -8,10 +8,7 @@ records exactly once and equal to an uninterrupted run's. The combinations that 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import cv2
 import numpy as np
@@ -19,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from audit_helpers import (TASK_IMAGE_SIZE, audit_command, segmenter_model, subprocess_env, write_task_images,
-                           yolo_model)
+from audit_helpers import (TASK_IMAGE_SIZE, audit_command, committed_parts, run_and_kill, segmenter_model,
+                           subprocess_env, write_task_images, yolo_model)
 from onnx_gradcam.audit import AuditConfig, run_audit
 from onnx_gradcam.audit.config import prepare_model
 from onnx_gradcam.audit.decode import Decoder
@@ -37,7 +34,7 @@ from onnx_gradcam.errors import InputError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.tasks import explain_detections, explain_segmentation
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
 CONF, MAX_DET, BATCH = 0.8, 4, 3  # at CONF, some of the test images have no box
 IMAGE_SIZE = TASK_IMAGE_SIZE  # (H, W) of the test images; the models take 64 x 64
@@ -45,12 +42,7 @@ IMAGE_SIZE = TASK_IMAGE_SIZE  # (H, W) of the test images; the models take 64 x 
 PLACEMENT = {"part", "heatmap_file", "heatmap_index"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -230,34 +222,14 @@ def test_segment_report_has_a_section_per_class(segmenter, tmp_path):
 
 # ---------------------------------------------------------------- resume
 
-def committed_parts(out):
-    return sorted((out / "parts").glob("part-*.parquet"))
-
-
-def run_and_kill(command, out, parts_before, more_parts=2, timeout=90):
-    """Start the command, SIGKILL it once more_parts new parts are committed; return the parts committed."""
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(committed_parts(out)) < parts_before + more_parts:
-            assert process.poll() is None, "the audit ended before it could be killed"
-            assert time.monotonic() < deadline, "no parts were committed in time"
-            time.sleep(0.005)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return committed_parts(out)
-
-
 def test_detect_killed_twice_then_rerun_gives_every_image_once_with_all_its_boxes(detector, tmp_path):
     paths = write_task_images(tmp_path / "images", 40)
     out = tmp_path / "out"
     options = ["--task", "detect", "--conf", str(CONF), "--max-det", str(MAX_DET), "--batch", "2", "--workers", "1",
                "--commit-every", "1", "--save", "heatmaps", "--no-report", "--no-progress"]
     command = audit_command() + [detector["augmented"], str(tmp_path / "images"), "--out", str(out), *options]
-    first = run_and_kill(command, out, 0)
-    second = run_and_kill(command, out, len(first))
+    first = run_and_kill(command, out, 0, more_parts=2)
+    second = run_and_kill(command, out, len(first), more_parts=2)
     assert set(first) <= set(second)  # committed parts are never rewritten or lost
     committed = {int(part.stem.split("-")[1]): pq.read_table(part).to_pylist() for part in second}
     finished = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)

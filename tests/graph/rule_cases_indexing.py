@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto
 
-from rule_harness import case, ints, node, rand, scalar  # noqa: F401
+from rule_harness import case, ints, linear_asymmetric, node, rand, scalar  # noqa: F401
 
 INT64_MAX = int(np.iinfo(np.int64).max)
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -205,18 +205,6 @@ def _resize_init(scales=None, sizes=None, opset: int = 13) -> dict:
     return init
 
 
-def _linear_asymmetric(t: torch.Tensor, scales: tuple[float, float]) -> torch.Tensor:
-    """ONNX linear resize with asymmetric coordinates (x_in = x_out / scale), written with torch ops."""
-    for axis, scale in zip((2, 3), scales):
-        length = t.shape[axis]
-        source = torch.arange(int(length * scale), dtype=torch.float64) / scale
-        low = source.floor().clamp(max=length - 1).long()
-        high = (low + 1).clamp(max=length - 1)
-        weight = (source - low).reshape([-1] + [1] * (3 - axis))
-        t = t.index_select(axis, low) * (1 - weight) + t.index_select(axis, high) * weight
-    return t
-
-
 RESIZES = [  # (variant, attributes, scales, sizes, torch function)
     ("nearest_x2_floor", dict(mode="nearest", coordinate="asymmetric", nearest_mode="floor"),
      [1, 1, 2, 2], None, lambda t: F.interpolate(t, scale_factor=2, mode="nearest")),
@@ -239,7 +227,7 @@ RESIZES = [  # (variant, attributes, scales, sizes, torch function)
     ("bilinear_align_corners_sizes", dict(mode="linear", coordinate="align_corners"),
      None, [2, 3, 9, 4], lambda t: F.interpolate(t, size=(9, 4), mode="bilinear", align_corners=True)),
     ("bilinear_asymmetric_x2_x1.5", dict(mode="linear", coordinate="asymmetric"),
-     [1, 1, 2, 1.5], None, lambda t: _linear_asymmetric(t, (2, 1.5))),
+     [1, 1, 2, 1.5], None, lambda t: linear_asymmetric(t, (2, 1.5))),
     ("bicubic_half_pixel_x2", dict(mode="cubic", coordinate="half_pixel"),
      [1, 1, 2, 2], None, lambda t: F.interpolate(t, scale_factor=2, mode="bicubic")),
     ("bicubic_half_pixel_x1.5", dict(mode="cubic", coordinate="half_pixel"),

@@ -2,7 +2,8 @@
 
 Each case is the op under test between the target t and the tensor y that a common head reads;
 tests/graph/test_rules.py checks every case against PyTorch autograd. Cases of newer op families
-live in rule_cases_*.py modules beside this one, imported by test_rules.py.
+live in rule_cases_*.py modules beside this one, imported by test_rules.py. The dynamic-shape rule
+tests (test_rules_dynamic_*.py) build their cases on OpCase and share the runners at the end.
 """
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnxruntime
+import pytest
 import torch
 from onnx import helper
+
+from onnx_gradcam.graph.rules import RULES
 
 CLASSES = 5
 TARGET_CLASS = np.array([-1, 1], np.int64)  # the top class for image 0, class 1 for image 1
@@ -50,22 +55,34 @@ TorchFunction = Callable[[torch.Tensor, dict], torch.Tensor]
 
 
 @dataclass
-class Case:
-    """The op under test between the target t and the tensor y that the common head reads."""
+class OpCase:
+    """The op under test: its nodes from the target t to the tensor y, the same function in torch, and
+    the initializers and opset of its model (keyword-only, so subclasses may add positional fields)."""
 
     op: str
     variant: str
     nodes: list[onnx.NodeProto]
     torch: TorchFunction
-    init: dict[str, np.ndarray] = field(default_factory=dict)
-    opset: int = 17
-    shape: tuple[int, int, int] = (3, 6, 6)  # C, H, W of x and t
-    scale: float = 1.0  # x = scale * standard normal
-    xfail: str | None = None  # a known bug: the case must fail until it is fixed (strict)
+    init: dict[str, np.ndarray] = field(default_factory=dict, kw_only=True)
+    opset: int = field(default=17, kw_only=True)
 
     @property
     def id(self) -> str:
         return f"{self.op}-{self.variant}-opset{self.opset}"
+
+    def torch_weights(self) -> dict[str, torch.Tensor]:
+        """The case's initializers as torch tensors, floats in float64."""
+        return {name: torch.from_numpy(value.astype(np.float64) if value.dtype.kind == "f" else value)
+                for name, value in self.init.items()}
+
+
+@dataclass
+class Case(OpCase):
+    """The op under test between the target t and the tensor y that the common head reads."""
+
+    shape: tuple[int, int, int] = (3, 6, 6)  # C, H, W of x and t
+    scale: float = 1.0  # x = scale * standard normal
+    xfail: str | None = None  # a known bug: the case must fail until it is fixed (strict)
 
 
 CASES: dict[str, list[Case]] = {}
@@ -73,3 +90,49 @@ CASES: dict[str, list[Case]] = {}
 
 def case(op: str, variant: str, nodes: list[onnx.NodeProto], torch_function: TorchFunction, **kwargs) -> None:
     CASES.setdefault(op, []).append(Case(op, variant, nodes, torch_function, **kwargs))
+
+
+# ---------------------------------------------------------------- runners shared by the rule tests
+
+
+def cpu_session(model: onnx.ModelProto) -> onnxruntime.InferenceSession:
+    """A one-thread CPU session of model (tiny models: threads only add start-up time)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
+
+
+def run(model: onnx.ModelProto, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+    """The named outputs of model on feeds, in a one-thread CPU session."""
+    return cpu_session(model).run(outputs, feeds)
+
+
+def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| as a fraction of max |expected|."""
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def count_rule_calls(monkeypatch: pytest.MonkeyPatch, op: str) -> list[str]:
+    """Wrap op's rule in RULES for one test; return the names of the op nodes it is applied to, filled as it runs."""
+    calls = []
+    original_rule = RULES[op]
+
+    def counting_rule(forward_node, *args):
+        if forward_node.op_type == op:
+            calls.append(forward_node.name)
+        return original_rule(forward_node, *args)
+
+    monkeypatch.setitem(RULES, op, counting_rule)
+    return calls
+
+
+def linear_asymmetric(t: torch.Tensor, scales: tuple[float, float]) -> torch.Tensor:
+    """Linear resize of axes 2 and 3 with x_in = x_out / scale (asymmetric coordinates, Upsample's), in torch ops."""
+    for axis, scale in zip((2, 3), scales):
+        length = t.shape[axis]
+        source = torch.arange(int(length * scale), dtype=torch.float64) / scale
+        low = source.floor().clamp(max=length - 1).long()
+        high = (low + 1).clamp(max=length - 1)
+        weight = (source - low).reshape([-1] + [1] * (3 - axis))
+        t = t.index_select(axis, low) * (1 - weight) + t.index_select(axis, high) * weight
+    return t

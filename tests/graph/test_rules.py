@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
@@ -24,8 +23,8 @@ import onnx_gradcam
 from onnx_gradcam.errors import UnsupportedOpError
 from onnx_gradcam.graph.rules import RULES
 
-from rule_harness import (CASES, CLASSES, FORWARD_TOLERANCE, GRADIENT_TOLERANCE, PROVIDERS,  # noqa: E402
-                          TARGET_CLASS, Case, case, ints, node, rand, scalar)
+from rule_harness import (CASES, CLASSES, FORWARD_TOLERANCE, GRADIENT_TOLERANCE, TARGET_CLASS,  # noqa: E402
+                          Case, case, count_rule_calls, ints, max_relative_error, node, rand, run, scalar)
 
 # ---------------------------------------------------------------- pass-through
 
@@ -687,7 +686,7 @@ def torch_oracle(test_case: Case, x: np.ndarray, head_weight: np.ndarray, head_b
                  target_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits, chosen classes, d sum_i logits[i, class_i] / d t) by torch autograd in float64."""
     target = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    features = test_case.torch(target, _torch_weights(test_case))
+    features = test_case.torch(target, test_case.torch_weights())
     logits = features.reshape(len(x), -1) @ torch.from_numpy(head_weight.astype(np.float64)) \
         + torch.from_numpy(head_bias.astype(np.float64))
     classes = np.where(target_class < 0, logits.detach().numpy().argmax(1), target_class)
@@ -695,28 +694,11 @@ def torch_oracle(test_case: Case, x: np.ndarray, head_weight: np.ndarray, head_b
     return logits.detach().numpy(), classes, target.grad.numpy()
 
 
-def _torch_weights(test_case: Case) -> dict[str, torch.Tensor]:
-    """The case's initializers as torch tensors, floats in float64."""
-    return {name: torch.from_numpy(value.astype(np.float64) if value.dtype.kind == "f" else value)
-            for name, value in test_case.init.items()}
-
-
 def _feature_count(test_case: Case, x: np.ndarray) -> int:
     """Number of features y has per image, which sizes the head's weight."""
     with torch.no_grad():
-        features = test_case.torch(torch.tensor(x, dtype=torch.float64), _torch_weights(test_case))
+        features = test_case.torch(torch.tensor(x, dtype=torch.float64), test_case.torch_weights())
     return features.reshape(len(x), -1).shape[1]
-
-
-def run(model: onnx.ModelProto, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # tiny models: threads only add start-up time
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
-    return session.run(outputs, feeds)
-
-
-def _max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
 @pytest.mark.parametrize("test_case", PARAMS)
@@ -732,19 +714,11 @@ def test_rule_gradient_matches_torch_autograd(test_case: Case, monkeypatch):
     logits_expected, class_expected, gradient_expected = torch_oracle(test_case, x, head_weight, head_bias,
                                                                       TARGET_CLASS)
     (logits_plain,) = run(model, {"x": x}, ["logits"])
-    assert _max_relative_error(logits_plain, logits_expected) <= FORWARD_TOLERANCE, \
+    assert max_relative_error(logits_plain, logits_expected) <= FORWARD_TOLERANCE, \
         "the torch oracle does not compute the same function as the ONNX model"
     assert np.abs(gradient_expected).max() > 0
 
-    calls = []
-    original_rule = RULES[test_case.op]
-
-    def counting_rule(forward_node, *args):
-        if forward_node.op_type == test_case.op:
-            calls.append(forward_node.name)
-        return original_rule(forward_node, *args)
-
-    monkeypatch.setitem(RULES, test_case.op, counting_rule)
+    calls = count_rule_calls(monkeypatch, test_case.op)
     augmented = onnx_gradcam.augment(model, target="t")
     assert calls, f"the {test_case.op} rule was never applied"
 
@@ -755,7 +729,7 @@ def test_rule_gradient_matches_torch_autograd(test_case: Case, monkeypatch):
     np.testing.assert_array_equal(chosen, class_expected)
     np.testing.assert_array_equal(score, logits[np.arange(2), chosen])
     assert gradient.shape == x.shape and gradient.dtype == np.float32
-    error = _max_relative_error(gradient, gradient_expected)
+    error = max_relative_error(gradient, gradient_expected)
     assert error <= GRADIENT_TOLERANCE, f"max abs error {error:.3g} of the gradient's max abs value"
 
 
@@ -849,8 +823,8 @@ def test_opset9_upsample_is_converted_to_an_equal_resize_and_differentiated():
     logits, gradient = run(augmented, {"x": x, "gradcam_target_class": TARGET_CLASS}, ["logits", "gradcam_gradient"])
     np.testing.assert_array_equal(logits, plain)
     logits_expected, _, expected = torch_oracle(test_case, x, head_weight, head_bias, TARGET_CLASS)
-    assert _max_relative_error(plain, logits_expected) <= FORWARD_TOLERANCE
-    assert _max_relative_error(gradient, expected) <= GRADIENT_TOLERANCE
+    assert max_relative_error(plain, logits_expected) <= FORWARD_TOLERANCE
+    assert max_relative_error(gradient, expected) <= GRADIENT_TOLERANCE
 
 
 # ---------------------------------------------------------------- guided backpropagation through Relu
@@ -893,7 +867,7 @@ def test_relu_guided_backpropagation_matches_torch_guided_relu():
         + torch.from_numpy(head_bias.astype(np.float64))
     logits[torch.arange(2), torch.from_numpy(chosen)].sum().backward()
     expected = image.grad.numpy()
-    assert _max_relative_error(guided, expected) <= GRADIENT_TOLERANCE
+    assert max_relative_error(guided, expected) <= GRADIENT_TOLERANCE
     assert not np.allclose(guided, gradient)  # the plain gradient is unchanged by the guided pass
     _, _, plain_expected = torch_oracle(GUIDED_CASE, x, head_weight, head_bias, TARGET_CLASS)
-    assert _max_relative_error(gradient, plain_expected) <= GRADIENT_TOLERANCE
+    assert max_relative_error(gradient, plain_expected) <= GRADIENT_TOLERANCE

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,9 +21,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_gradcam
 from onnx_gradcam.errors import UnsupportedOpError
 from onnx_gradcam.graph.builder import GraphBuilder
-from onnx_gradcam.graph.rules import RULES, differentiate
+from onnx_gradcam.graph.rules import differentiate
 
-from rule_harness import CLASSES, GRADIENT_TOLERANCE, ints, node, rand
+from rule_harness import (CLASSES, GRADIENT_TOLERANCE, OpCase, count_rule_calls, cpu_session, ints, linear_asymmetric,
+                          max_relative_error, node, rand)
 
 SIZES = [(2, 7, 9), (3, 10, 6)]  # (N, H, W) the same augmented model runs at
 EVEN_SIZES = [(2, 6, 8), (3, 4, 10)]
@@ -33,20 +32,12 @@ TARGET_CLASSES = {2: np.array([-1, 1], np.int64), 3: np.array([-1, 1, 4], np.int
 
 
 @dataclass
-class DynamicCase:
-    op: str
-    variant: str
-    nodes: list[onnx.NodeProto]
-    torch: Callable[[torch.Tensor, dict], torch.Tensor]
+class DynamicCase(OpCase):
+    """An OpCase on x [N, channels, H, W] with N, H and W symbolic, run at sizes."""
+
     features: int  # y's size on axis 1
-    init: dict[str, np.ndarray] = field(default_factory=dict)
-    opset: int = 17
     channels: int = 4
     sizes: list[tuple[int, int, int]] = field(default_factory=lambda: SIZES)
-
-    @property
-    def id(self) -> str:
-        return f"{self.op}-{self.variant}-opset{self.opset}"
 
 
 def _same_pads(size: int, kernel: int, stride: int, upper: bool) -> tuple[int, int]:
@@ -192,14 +183,9 @@ def build_model(test_case: DynamicCase, head_weight: np.ndarray, head_bias: np.n
     return model
 
 
-def _torch_weights(test_case: DynamicCase) -> dict[str, torch.Tensor]:
-    return {name: torch.from_numpy(value.astype(np.float64) if value.dtype.kind == "f" else value)
-            for name, value in test_case.init.items()}
-
-
 def _autograd(test_case: DynamicCase, x: np.ndarray, head_weight, head_bias, classes) -> tuple[np.ndarray, np.ndarray]:
     target = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    y = test_case.torch(target, _torch_weights(test_case))
+    y = test_case.torch(target, test_case.torch_weights())
     features = (y.reshape(len(x), test_case.features, -1) ** 2).mean(2)
     logits = features @ torch.from_numpy(head_weight.astype(np.float64)) + torch.from_numpy(
         head_bias.astype(np.float64))
@@ -208,27 +194,15 @@ def _autograd(test_case: DynamicCase, x: np.ndarray, head_weight, head_bias, cla
     return chosen, target.grad.numpy()
 
 
-def _session(model: onnx.ModelProto) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
-
-
 @pytest.mark.parametrize("test_case", [pytest.param(c, id=c.id) for c in CASES])
 def test_one_augmented_model_matches_torch_autograd_at_two_sizes(test_case: DynamicCase, monkeypatch):
     rng = np.random.default_rng(len(test_case.id) * 7919 + test_case.opset)
     head_weight = rng.standard_normal((test_case.features, CLASSES)).astype(np.float32)
     head_bias = rng.standard_normal(CLASSES).astype(np.float32)
-    calls = []
-    original = RULES[test_case.op]
-    monkeypatch.setitem(RULES, test_case.op, lambda n, *args: (calls.append(n.name), original(n, *args))[1])
+    calls = count_rule_calls(monkeypatch, test_case.op)
     augmented = onnx_gradcam.augment(build_model(test_case, head_weight, head_bias), target="t")
     assert calls, f"the {test_case.op} rule was never applied"
-    session = _session(augmented)
+    session = cpu_session(augmented)
     for batch, height, width in test_case.sizes:
         x = rng.standard_normal((batch, test_case.channels, height, width)).astype(np.float32)
         classes = TARGET_CLASSES[batch]
@@ -237,7 +211,7 @@ def test_one_augmented_model_matches_torch_autograd_at_two_sizes(test_case: Dyna
         expected_classes, expected = _autograd(test_case, x, head_weight, head_bias, classes)
         np.testing.assert_array_equal(chosen, expected_classes)
         assert gradient.shape == x.shape
-        error = _max_relative_error(gradient, expected)
+        error = max_relative_error(gradient, expected)
         assert error <= GRADIENT_TOLERANCE, f"at {(batch, height, width)}: max abs error {error:.3g} of the max"
 
 
@@ -311,7 +285,7 @@ def test_antialiased_resize_gradient_is_the_adjoint_of_onnxruntimes_forward(mode
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(gradient, TensorProto.FLOAT, None))
-    session = _session(model)
+    session = cpu_session(model)
     rng = np.random.default_rng(5)
     for height, width in ((12, 10), (9, 16)):
         x = rng.standard_normal((2, 3, height, width)).astype(np.float32)
@@ -333,7 +307,7 @@ def test_upsample_rule_matches_torch_autograd():
     seed = np.random.default_rng(2).standard_normal((2, 3, 8, 7)).astype(np.float32)
     scales = np.array([1, 1, 2, 1.5], np.float32)
     for mode, function in (("nearest", lambda t: F.interpolate(t, scale_factor=(2, 1.5), mode="nearest")),
-                           ("linear", lambda t: _linear_asymmetric(t, (2, 1.5)))):
+                           ("linear", lambda t: linear_asymmetric(t, (2, 1.5)))):
         upsample = helper.make_node("Upsample", ["x", "scales"], ["y"], mode=mode, name="up")
         graph = helper.make_graph(
             [upsample], "upsample", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5]),
@@ -346,22 +320,10 @@ def test_upsample_rule_matches_torch_autograd():
         model.graph.node.extend(b.nodes)
         model.graph.initializer.extend(b.initializers)
         model.graph.output.append(helper.make_tensor_value_info(gradient, TensorProto.FLOAT, None))
-        dx = _session(model).run([gradient], {"x": x, "dy": seed})[0]
+        dx = cpu_session(model).run([gradient], {"x": x, "dy": seed})[0]
         target = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         (function(target) * torch.from_numpy(seed.astype(np.float64))).sum().backward()
-        assert _max_relative_error(dx, target.grad.numpy()) <= GRADIENT_TOLERANCE, mode
-
-
-def _linear_asymmetric(t: torch.Tensor, scales: tuple[float, float]) -> torch.Tensor:
-    """Linear resize with x_in = x_out / scale (Upsample's coordinates), written with torch ops."""
-    for axis, scale in zip((2, 3), scales):
-        length = t.shape[axis]
-        source = torch.arange(int(length * scale), dtype=torch.float64) / scale
-        low = source.floor().clamp(max=length - 1).long()
-        high = (low + 1).clamp(max=length - 1)
-        weight = (source - low).reshape([-1] + [1] * (3 - axis))
-        t = t.index_select(axis, low) * (1 - weight) + t.index_select(axis, high) * weight
-    return t
+        assert max_relative_error(dx, target.grad.numpy()) <= GRADIENT_TOLERANCE, mode
 
 
 # ---------------------------------------------------------------- ShuffleNetV2 with dynamic batch
@@ -380,11 +342,11 @@ def test_shufflenet_v2_input_gradient_equals_autograd(tmp_path):
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     augmented = onnx_gradcam.augment(path, input_gradient=True)
     classes = np.array([-1, 7], np.int64)
-    gradient, chosen = _session(augmented).run(["gradcam_input_gradient", "gradcam_class"],
+    gradient, chosen = cpu_session(augmented).run(["gradcam_input_gradient", "gradcam_class"],
                                                {"input": images.numpy(), "gradcam_target_class": classes})
     inputs = images.double().requires_grad_(True)
     logits = model.double()(inputs)
     logits.gather(1, torch.as_tensor(chosen)[:, None]).sum().backward()
     np.testing.assert_array_equal(chosen[1:], classes[1:])
     assert chosen[0] == int(logits[0].argmax())
-    assert _max_relative_error(gradient, inputs.grad.numpy()) <= 1e-4
+    assert max_relative_error(gradient, inputs.grad.numpy()) <= 1e-4

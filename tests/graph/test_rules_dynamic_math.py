@@ -8,41 +8,31 @@ pass needs is computed in the graph.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_gradcam
-from onnx_gradcam.graph.rules import RULES
 
 from rule_cases_math import group_norm
-from rule_harness import CLASSES, GRADIENT_TOLERANCE, ints, node, rand, scalar
+from rule_harness import (CLASSES, GRADIENT_TOLERANCE, OpCase, count_rule_calls, ints, max_relative_error, node,
+                          rand, run, scalar)
 
 augment_module = importlib.import_module("onnx_gradcam.graph.augment")  # the package exports the function
 SIZES = [(2, 5, 7), (3, 4, 4)]  # (N, H, W) the same augmented model runs at
 
 
 @dataclass
-class DynamicCase:
-    op: str
-    variant: str
-    nodes: list[onnx.NodeProto]
-    torch: Callable[[torch.Tensor, dict], torch.Tensor]
-    init: dict[str, np.ndarray] = field(default_factory=dict)
-    opset: int = 17
+class DynamicCase(OpCase):
+    """An OpCase on x [N, channels, H, W] with N, H and W symbolic."""
+
     channels: int = 4
     deprecated: bool = False  # uses an op onnx.checker refuses as deprecated (ONNX Runtime runs it)
-
-    @property
-    def id(self) -> str:
-        return f"{self.op}-{self.variant}-opset{self.opset}"
 
 
 def _tokens(t: torch.Tensor) -> torch.Tensor:
@@ -151,9 +141,7 @@ def torch_oracle(test_case: DynamicCase, x: np.ndarray, head_weight: np.ndarray,
                  target_class: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits, d sum_i logits[i, class_i] / d t) by torch autograd in float64."""
     target = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    weights = {name: torch.from_numpy(value.astype(np.float64) if value.dtype.kind == "f" else value)
-               for name, value in test_case.init.items()}
-    y = test_case.torch(target, weights)
+    y = test_case.torch(target, test_case.torch_weights())
     features = y.reshape(len(x), test_case.channels, -1).mean(2)
     logits = features @ torch.from_numpy(head_weight.astype(np.float64)) \
         + torch.from_numpy(head_bias.astype(np.float64))
@@ -162,32 +150,13 @@ def torch_oracle(test_case: DynamicCase, x: np.ndarray, head_weight: np.ndarray,
     return logits.detach().numpy(), target.grad.numpy()
 
 
-def _run(model: onnx.ModelProto, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(outputs, feeds)
-
-
-def _max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
-
-
 @pytest.mark.parametrize("test_case", [pytest.param(c, id=c.id) for c in CASES])
 def test_rule_on_dynamic_shapes_matches_torch_autograd_at_two_sizes(test_case: DynamicCase, monkeypatch):
     rng = np.random.default_rng(sum(map(ord, test_case.id)))
     head_weight = rng.standard_normal((test_case.channels, CLASSES)).astype(np.float32)
     head_bias = rng.standard_normal(CLASSES).astype(np.float32)
     model = build_model(test_case, head_weight, head_bias)
-    calls = []
-    original_rule = RULES[test_case.op]
-
-    def counting_rule(forward_node, *args):
-        if forward_node.op_type == test_case.op:
-            calls.append(forward_node.name)
-        return original_rule(forward_node, *args)
-
-    monkeypatch.setitem(RULES, test_case.op, counting_rule)
+    calls = count_rule_calls(monkeypatch, test_case.op)
     if test_case.deprecated:  # onnx.checker refuses GroupNormalization-18 itself; the rest of augment runs
         monkeypatch.setattr(augment_module, "_check", lambda model: None)
     augmented = onnx_gradcam.augment(model, target="t")
@@ -197,12 +166,12 @@ def test_rule_on_dynamic_shapes_matches_torch_autograd_at_two_sizes(test_case: D
         x = rng.standard_normal((batch, test_case.channels, height, width)).astype(np.float32)
         target_class = np.array([-1, 1, 0][:batch], np.int64)
         logits_expected, gradient_expected = torch_oracle(test_case, x, head_weight, head_bias, target_class)
-        (logits_plain,) = _run(model, {"x": x}, ["logits"])
-        assert _max_relative_error(logits_plain, logits_expected) <= 1e-4, \
+        (logits_plain,) = run(model, {"x": x}, ["logits"])
+        assert max_relative_error(logits_plain, logits_expected) <= 1e-4, \
             "the torch oracle does not compute the same function as the ONNX model"
-        (gradient,) = _run(augmented, {"x": x, "gradcam_target_class": target_class}, ["gradcam_gradient"])
+        (gradient,) = run(augmented, {"x": x, "gradcam_target_class": target_class}, ["gradcam_gradient"])
         assert gradient.shape == x.shape
-        error = _max_relative_error(gradient, gradient_expected)
+        error = max_relative_error(gradient, gradient_expected)
         assert error <= GRADIENT_TOLERANCE, f"{(batch, height, width)}: max abs error {error:.3g} of the max abs"
 
 
@@ -229,6 +198,6 @@ def test_second_reverse_pass_reuses_the_normalization_statistics(op):
     used = {name for n in augmented.graph.node for name in n.input} | {o.name for o in augmented.graph.output}
     assert not {name for n in emitted for name in n.output[:1]} - used, "a reverse-pass node nobody reads"
     x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
-    plain, guided = _run(augmented, {"x": x, "gradcam_target_class": np.array([-1, 1], np.int64)},
-                         ["gradcam_input_gradient", "gradcam_guided_gradient"])
+    plain, guided = run(augmented, {"x": x, "gradcam_target_class": np.array([-1, 1], np.int64)},
+                        ["gradcam_input_gradient", "gradcam_guided_gradient"])
     np.testing.assert_allclose(guided, plain, rtol=1e-5, atol=1e-6)  # no ReLU: guided = plain

@@ -5,8 +5,6 @@ for the in-graph heatmap of several target layers.
 """
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -17,6 +15,7 @@ from torch import nn
 from onnx_gradcam import augment
 from onnx_gradcam.errors import TargetNotFoundError
 from onnx_gradcam.graph.augment import ACTIVATION, GRADIENT, HEATMAP, SCORE, SEED, TARGET_CLASS
+from tests.export_helpers import TwoLayerClassifier, export
 
 TOLERANCE = 1e-4
 
@@ -32,25 +31,6 @@ class Segmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.body(self.stem(x)))
-
-
-class TwoLayerClassifier(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.second = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.second(self.first(x)).mean((2, 3)))
-
-
-def export(module: nn.Module, shape: tuple[int, ...], dynamic_size: bool = False) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    image_axes = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
-    torch.onnx.export(module, torch.zeros(shape), buffer, input_names=["images"], output_names=["output"],
-                      dynamic_axes={"images": image_axes, "output": {0: "batch"}}, opset_version=17, dynamo=False)
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def relu_outputs(model: onnx.ModelProto) -> list[str]:
@@ -143,10 +123,7 @@ def test_a_list_of_targets_cannot_contain_auto():
 def test_a_score_output_named_like_a_keyword_is_taken_by_its_name():
     torch.manual_seed(4)
     module = Segmenter().eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(module, torch.zeros(1, 3, 16, 16), buffer, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
-    plain = onnx.load_from_string(buffer.getvalue())
+    plain = export(module, (1, 3, 16, 16), output="logits")
     augmented = augment(plain, target=relu_outputs(plain)[-1], score="logits", seed=True)
     assert {p.key: p.value for p in augmented.metadata_props}["gradcam_score"] == "logits"
 

@@ -18,7 +18,8 @@ from onnx_gradcam import explainer as explainer_module
 from onnx_gradcam.graph.augment import ACTIVATION, GRADIENT, LOGITS, SCORE, SEED
 from onnx_gradcam.graph.split import split_seeded
 from onnx_gradcam.targets import Segmentation
-from tests.graph.test_seed import Segmenter, export, run
+from tests.export_helpers import export
+from tests.graph.test_seed import Segmenter, run
 
 OUTPUTS = [ACTIVATION, GRADIENT, SCORE, LOGITS]
 FLOATS = (np.float32, np.float16, np.float64)
