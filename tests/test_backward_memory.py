@@ -1,8 +1,9 @@
 """Memory of the full-network reverse pass: the kept bytes recorded at augment time, and the Explainer's
 chunking of input-gradient batches under backward_memory_mb.
 
-Oracles: the tensor sizes of the small CNN worked out by hand, and the same explanation computed in
-one run (chunking must not change a single value beyond float rounding).
+Oracles: the tensor sizes of the small CNN worked out by hand, a ViT's tensors as ONNX Runtime returns
+them at two batch sizes, and the same explanation computed in one run (chunking must not change a
+single value beyond float rounding).
 """
 from __future__ import annotations
 
@@ -96,3 +97,37 @@ def test_the_default_limit_leaves_a_small_model_unchunked(augmented):
 def test_a_non_positive_memory_limit_raises_input_error(augmented, value):
     with pytest.raises(InputError, match="backward_memory_mb"):
         Explainer(augmented, backward_memory_mb=value)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_vit_records_the_bytes_its_reverse_pass_keeps_as_measured_at_run_time(exporter, tmp_path):
+    """Token tensors too: the TorchScript export leaves a token dim to run-time Shape arithmetic."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from tests.graph.test_transformers import FAMILIES, SIZE as VIT_SIZE, export as export_vit
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, VIT_SIZE, VIT_SIZE)  # a batch of 1 would make the dynamo export's batch fixed
+    augmented = augment(export_vit(FAMILIES["vit"].build().eval(), images, tmp_path / "vit.onnx", exporter),
+                        input_gradient=True)
+    recorded = int(augmented_metadata(augmented)["backward_bytes_per_image"])
+    # Oracle: every forward tensor a reverse-pass node reads, fetched from ONNX Runtime at two batch sizes;
+    # a tensor's bytes per image are its growth from 2 to 3 images (0 for shapes and weights).
+    reverse = [node for node in augmented.graph.node if node.name.startswith("gradcam/")]
+    produced = {out for node in reverse for out in node.output}
+    constants = {tensor.name for tensor in augmented.graph.initializer} | {"gradcam_target_class"}
+    read = sorted({name for node in reverse for name in node.input
+                   if name and name not in produced and name not in constants})
+    fetching = onnx.ModelProto()
+    fetching.CopyFrom(augmented)
+    listed = {value.name for value in fetching.graph.output}
+    fetching.graph.output.extend(onnx.ValueInfoProto(name=name) for name in read if name not in listed)
+    session = ort.InferenceSession(fetching.SerializeToString(), providers=["CPUExecutionProvider"])
+    sizes = []
+    for count in (2, 3):
+        batch = np.random.default_rng(count).standard_normal((count, 3, VIT_SIZE, VIT_SIZE)).astype(np.float32)
+        feeds = {"input": batch, "gradcam_target_class": np.full(count, -1, np.int64)}
+        sizes.append(sum(value.nbytes for value in session.run(read, feeds)))
+    assert recorded == sizes[1] - sizes[0]

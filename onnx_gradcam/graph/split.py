@@ -14,11 +14,19 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from .augment import SEED, inferred_skeleton
+from .augment import SEED
+from .batch_probe import PROBE_BATCH, probe_batch_shapes
 from .builder import GraphBuilder
 from .prune import keep_outputs
 
 FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+GUESSED_DIM = 32  # the size taken for a dim left symbolic when comparing tensors' sizes
+# Ops cheap enough to compute again in the reverse part when that saves bytes between the parts.
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh",
+               "Exp", "Log", "Sqrt", "Reciprocal", "Pow", "Erf", "Where", "Not", "Equal", "Less", "LessOrEqual",
+               "Greater", "GreaterOrEqual", "And", "Or", "Sign", "Clip", "Max", "Min", "Cast", "Identity",
+               "HardSwish", "Softplus", "Elu", "Selu"}
+ROWS = "gradcam_rows"  # the rows of the values passed between the parts, a named dim
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ def split_seeded(model: onnx.ModelProto, outputs: Sequence[str]) -> SeededSplit:
     forward_outputs = tuple(name for name in outputs if name not in seeded)
     if not reverse_outputs:
         raise ValueError(f"none of {list(outputs)} depends on {SEED}: there is no reverse part to split off")
-    shapes = _shapes_with_probe_batch(pruned)
+    shapes = probe_batch_shapes(pruned)
     reverse_nodes, saved = _reverse_part(pruned, shapes, seeded, set(forward_outputs))
     forward = keep_outputs(pruned, [*forward_outputs, *saved])
     _drop_inputs(forward, {SEED})
@@ -181,31 +189,6 @@ def _seeded_tensors(graph: onnx.GraphProto) -> set[str]:
         if any(name in seeded for name in _reads(node)):
             seeded.update(out for out in node.output if out)
     return seeded
-
-
-def _shapes_with_probe_batch(model: onnx.ModelProto) -> GraphBuilder:
-    """Shapes and dtypes of model's tensors inferred for a batch of PROBE_BATCH images: only a tensor
-    computed row by row from the images has that many rows (a count no other dim has by chance)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.value_info[:]
-    initializers = {tensor.name for tensor in probe.graph.initializer}
-    for value in probe.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name not in initializers and len(dims):
-            dims[0].Clear()
-            dims[0].dim_value = PROBE_BATCH
-    return GraphBuilder(inferred_skeleton(probe))
-
-
-PROBE_BATCH = 7919  # a prime no layer size is a multiple of
-GUESSED_DIM = 32  # the size taken for a dim left symbolic when comparing tensors' sizes
-# Ops cheap enough to compute again in the reverse part when that saves bytes between the parts.
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh",
-               "Exp", "Log", "Sqrt", "Reciprocal", "Pow", "Erf", "Where", "Not", "Equal", "Less", "LessOrEqual",
-               "Greater", "GreaterOrEqual", "And", "Or", "Sign", "Clip", "Max", "Min", "Cast", "Identity",
-               "HardSwish", "Softplus", "Elu", "Selu"}
-ROWS = "gradcam_rows"
 
 
 def _drop_inputs(model: onnx.ModelProto, names: set[str]) -> None:
