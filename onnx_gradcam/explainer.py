@@ -237,7 +237,7 @@ class Explainer:
         if targets is not None and entry.family == Family.CAM:  # seeds from the forward pass, run once
             explanation = self._explain_cam_found(batch, targets, entry, size, keep_tensors, progress)
         else:
-            selector, classes = self._selector(batch, target_class, target, gradient_seed)
+            selector, classes = self._selector(batch, target_class, target, gradient_seed, targets)
             options = entry.resolve_options(samples=samples, noise_level=noise_level, steps=steps,
                                             baseline=baseline, seed=noise_seed)
             explanation = run(batch, selector, entry, size, keep_tensors=keep_tensors, progress=progress, **options)
@@ -305,10 +305,10 @@ class Explainer:
                              "onnx_gradcam.targets object per image, or a single one for all of them")
         return targets
 
-    def _selector(self, batch, target_class, target, gradient_seed) -> tuple[Any, Optional[np.ndarray]]:
+    def _selector(self, batch, target_class, target, gradient_seed,
+                  targets: Optional[list[Target]]) -> tuple[Any, Optional[np.ndarray]]:
         """The gradcam_target_class [N] or gradcam_seed [N, ...] feed, and the explained classes when known
-        before the run (None: read from the run)."""
-        _check_one_given(target_class, target, gradient_seed)
+        before the run (None: read from the run); targets: _targets_to_find's."""
         count = len(batch)
         if not self.seeded:
             if gradient_seed is not None:
@@ -319,7 +319,6 @@ class Explainer:
             return self._target_classes(target_class, count), None
         if gradient_seed is not None:
             return self._check_seed(gradient_seed, batch), None
-        targets = self._targets_to_find(count, target_class, target, gradient_seed)
         seeds = seeds_for(targets, self._forward(batch))
         return self._check_seed(seeds, batch), _explained_classes(targets, seeds)
 
@@ -421,29 +420,18 @@ class Explainer:
 
             rows = self._cam_rows(results(), entry, size, keep_tensors)
             rows["scores"] = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        else:
-            rows = self._explain_found_rows(batch, find, entry, keep_tensors, size)
+        else:  # methods that run their own passes (samples, baselines): explain on the seeded rows
+            def explain_rows(images, seeds) -> dict:
+                explanation = self.explain(images, seed=seeds, method=entry.name, keep_tensors=keep_tensors)
+                return {name: getattr(explanation, name) for name in ("heatmaps", "scores", "activation", "gradient")}
+
+            parts = [result for _, result in found_rows(self, batch, find, None, progress, explain_rows)]
+            rows = ({name: _join_rows([part[name] for part in parts]) for name in parts[0]} if parts else
+                    {"heatmaps": np.zeros((0, *size), np.float32), "scores": np.zeros(0, np.float32),
+                     "activation": None, "gradient": None})
         if as_numpy:
             rows.update({name: _on_host(rows[name]) for name in ("heatmaps", "activation", "gradient")})
         return rows
-
-    def _explain_found_rows(self, batch, find: Finder, entry: Method, keep_tensors: bool, size) -> dict:
-        """explain_found for methods without a split run: the forward pass, then explain on the seeded rows."""
-        parts = []
-        for start in range(0, len(batch), self.batch_size):
-            images = batch[start:start + self.batch_size]
-            index, seeds = find(start, self._forward(images))
-            index = np.asarray(index, np.int64)
-            for row_start in range(0, len(index), self.batch_size):
-                rows = slice(row_start, row_start + self.batch_size)
-                explanation = self.explain(images[array_module(images).asarray(index[rows])], seed=seeds(rows),
-                                           method=entry.name, keep_tensors=keep_tensors)
-                parts.append({name: getattr(explanation, name) for name in ("heatmaps", "scores", "activation",
-                                                                             "gradient")})
-        if not parts:
-            return {"heatmaps": np.zeros((0, *size), np.float32), "scores": np.zeros(0, np.float32),
-                    "activation": None, "gradient": None}
-        return {name: _join_rows([part[name] for part in parts]) for name in parts[0]}
 
     def _cam_rows(self, results: Iterable[dict], entry: Method, size: tuple[int, int],
                  keep_tensors: bool = False) -> dict:

@@ -9,7 +9,7 @@ graph instead: the forward pass to find the rows, then the whole graph on the re
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -36,12 +36,14 @@ class SplitSessions:
         self.reverse = make_session(split.reverse)
 
 
-def found_rows(explainer: "Explainer", batch, find: Finder, outputs: Sequence[str],
-               progress: bool = False) -> Iterator[tuple[np.ndarray, dict]]:
+def found_rows(explainer: "Explainer", batch, find: Finder, outputs: Optional[Sequence[str]],
+               progress: bool = False,
+               explain_rows: Optional[Callable[[Any, Any], dict]] = None) -> Iterator[tuple[np.ndarray, dict]]:
     """Yield (batch index [r] of each row's image, the rows' outputs) for what find picks in each chunk.
 
     outputs: what each row needs (activations, gradients, gradcam_score); the chunk's score goes to find.
-    Rows come batch_size at a time, in the order find lists them, chunk after chunk.
+    Rows come batch_size at a time, in the order find lists them, chunk after chunk. explain_rows(images,
+    seeds), for methods that run passes of their own, replaces the runs: the forward pass then only finds.
     """
     size = explainer.batch_size
     starts = range(0, len(batch), size)
@@ -50,7 +52,7 @@ def found_rows(explainer: "Explainer", batch, find: Finder, outputs: Sequence[st
         starts = tqdm(starts, unit="batch", desc="explain")
     for start in starts:
         images = batch[start:start + size]
-        sessions = explainer.split_sessions(outputs)
+        sessions = None if explain_rows else explainer.split_sessions(outputs)
         forward = None if sessions is None else _run_forward(explainer, sessions, images)
         if forward is None:
             score = explainer._forward(images)
@@ -61,7 +63,9 @@ def found_rows(explainer: "Explainer", batch, find: Finder, outputs: Sequence[st
         for row_start in range(0, len(image_index), size):
             rows = slice(row_start, row_start + size)
             index, row_seeds = image_index[rows], seeds(rows)
-            if forward is None:
+            if explain_rows is not None:
+                result = explain_rows(_rows(images, index), row_seeds)
+            elif forward is None:
                 result = _run_whole(explainer, images, index, row_seeds, outputs)
             else:
                 result = _run_reverse(explainer, sessions, forward, index, row_seeds, outputs)

@@ -116,9 +116,9 @@ def explain_segmentation(explainer: Explainer, images: ImageInput, classes: Opti
         present = [[c for c in np.unique(image) if c in wanted] for image in predicted]
         image_index = np.repeat(np.arange(len(logits), dtype=np.int64), [len(found) for found in present])
         row_classes = np.array([c for found in present for c in found], np.int64)
-        found_classes.append([np.array(found, np.int64) for found in present])
-        found_masks.append([predicted[image][None] == np.array(found, np.int64)[:, None, None]
-                            for image, found in enumerate(present)])
+        found_classes.extend(np.array(found, np.int64) for found in present)
+        found_masks.extend(predicted[image][None] == np.array(found, np.int64)[:, None, None]
+                           for image, found in enumerate(present))
 
         def seeds(rows: slice) -> np.ndarray:
             targets = [Segmentation(int(label)) for label in row_classes[rows]]
@@ -127,11 +127,9 @@ def explain_segmentation(explainer: Explainer, images: ImageInput, classes: Opti
         return image_index, seeds
 
     explained = explainer.explain_found(batch, find, method, keep_tensors, as_numpy)
-    per_image_classes = [found for chunk in found_classes for found in chunk]
-    per_image_masks = [masks for chunk in found_masks for masks in chunk]
-    parts = _split(explained, [len(found) for found in per_image_classes])
+    parts = _split(explained, [len(found) for found in found_classes])
     return [SegmentationExplanation(classes=image_classes, masks=masks, **part)
-            for image_classes, masks, part in zip(per_image_classes, per_image_masks, parts)]
+            for image_classes, masks, part in zip(found_classes, found_masks, parts)]
 
 
 def explain_similarity(explainer: Explainer, images: ImageInput, reference_embedding: np.ndarray,

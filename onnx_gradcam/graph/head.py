@@ -12,6 +12,7 @@ from onnx import helper
 
 from ..errors import ScoreNotFoundError, TargetNotFoundError
 from .io import without_weights
+from .prune import descendants, reads
 
 __all__ = ["extract_head"]
 
@@ -31,7 +32,7 @@ def extract_head(model: onnx.ModelProto, target: str, score: str) -> onnx.ModelP
         raise ScoreNotFoundError(f"score {score!r} is not computed by any node of the graph")
     kept, foreign = _walk_back(graph, producers, target, score)
     nodes = [node for position, node in enumerate(graph.node) if position in kept]
-    if score not in _descendants(nodes, {target}):
+    if score not in descendants(nodes, {target}):
         raise ScoreNotFoundError(f"the score {score!r} does not depend on the target {target!r}; "
                                  "pick a target the score is computed from (see onnx_gradcam.list_targets)")
     if foreign:
@@ -53,36 +54,18 @@ def _walk_back(graph: onnx.GraphProto, producers: dict, target: str, score: str)
             foreign.add(name)
         elif name in producers and producers[name] not in kept:
             kept.add(producers[name])
-            stack.extend(_reads(graph.node[producers[name]]))
+            stack.extend(reads(graph.node[producers[name]]))
     return kept, foreign
-
-
-def _reads(node: onnx.NodeProto) -> Iterable[str]:
-    """The tensors a node reads, the outer-scope names of its subgraphs included."""
-    yield from node.input
-    for attribute in node.attribute:
-        for subgraph in [attribute.g] + list(attribute.graphs):
-            for inner in subgraph.node:
-                yield from _reads(inner)
-
-
-def _descendants(nodes: Iterable[onnx.NodeProto], sources: set[str]) -> set[str]:
-    """Every tensor computed from the sources (nodes in topological order)."""
-    reached = set(sources)
-    for node in nodes:
-        if any(name in reached for name in _reads(node)):
-            reached.update(name for name in node.output if name)
-    return reached
 
 
 def _foreign_message(graph: onnx.GraphProto, kept: set[int], target: str, score: str, foreign: set[str]) -> str:
     """Names the tensors the head reads from before the target: where the other path joins it."""
     nodes = list(graph.node)
-    from_target = _descendants(nodes, {target})
-    from_inputs = _descendants(nodes, foreign)
+    from_target = descendants(nodes, {target})
+    from_inputs = descendants(nodes, foreign)
     joins = sorted({name for position, node in enumerate(nodes)
-                    if position in kept and any(read in from_target for read in _reads(node))
-                    for name in _reads(node) if name in from_inputs and name not in from_target})
+                    if position in kept and any(read in from_target for read in reads(node))
+                    for name in reads(node) if name in from_inputs and name not in from_target})
     where = f"reads {', '.join(repr(name) for name in joins)}" if joins else "needs"
     return (f"the head from the target {target!r} to the score {score!r} also {where}, computed from the "
             f"model input{'s' if len(foreign) > 1 else ''} {', '.join(sorted(foreign))} without passing through "
@@ -94,7 +77,7 @@ def _foreign_message(graph: onnx.GraphProto, kept: set[int], target: str, score:
 
 def _head_model(model: onnx.ModelProto, nodes: list[onnx.NodeProto], target: str, score: str) -> onnx.ModelProto:
     graph = model.graph
-    read = {name for node in nodes for name in _reads(node)}
+    read = {name for node in nodes for name in reads(node)}
     head = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
         setattr(head, field, getattr(model, field))

@@ -1,7 +1,7 @@
 """Keeping only the part of a graph that some outputs need."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import onnx
 
@@ -18,10 +18,7 @@ def keep_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     for node in reversed(model.graph.node):
         if any(out in needed for out in node.output):
             kept.append(node)
-            needed.update(name for name in node.input if name)
-            for attribute in node.attribute:  # subgraphs read outer-scope tensors
-                for graph in [attribute.g] + list(attribute.graphs):
-                    needed.update(_outer_names(graph))
+            needed.update(reads(node))
     pruned = onnx.ModelProto()
     for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(pruned, field, getattr(model, field))
@@ -38,8 +35,19 @@ def keep_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return pruned
 
 
-def _outer_names(graph: onnx.GraphProto) -> set[str]:
-    names = set()
-    for node in graph.node:
-        names.update(name for name in node.input if name)
-    return names
+def reads(node: onnx.NodeProto) -> Iterator[str]:
+    """The tensors a node reads, the outer-scope names its subgraphs read included (empty inputs skipped)."""
+    yield from (name for name in node.input if name)
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] + list(attribute.graphs):
+            for inner in subgraph.node:
+                yield from reads(inner)
+
+
+def descendants(nodes: Iterable[onnx.NodeProto], sources: Iterable[str]) -> set[str]:
+    """Every tensor computed from the sources, the sources included (nodes in topological order)."""
+    reached = set(sources)
+    for node in nodes:
+        if any(name in reached for name in reads(node)):
+            reached.update(name for name in node.output if name)
+    return reached

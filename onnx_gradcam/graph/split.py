@@ -9,7 +9,7 @@ gathered by image when an image has several things to explain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -17,7 +17,7 @@ import onnx
 from .augment import SEED
 from .batch_probe import PROBE_BATCH, probe_batch_shapes
 from .builder import GraphBuilder
-from .prune import keep_outputs
+from .prune import descendants, keep_outputs, reads
 
 FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 GUESSED_DIM = 32  # the size taken for a dim left symbolic when comparing tensors' sizes
@@ -56,7 +56,7 @@ def split_seeded(model: onnx.ModelProto, outputs: Sequence[str]) -> SeededSplit:
     graph = pruned.graph
     if SEED not in {value.name for value in graph.input}:
         raise ValueError(f"the model has no {SEED} input, or none of {list(outputs)} depends on it")
-    seeded = _seeded_tensors(graph)
+    seeded = descendants(graph.node, {SEED})
     reverse_outputs = tuple(name for name in outputs if name in seeded)
     forward_outputs = tuple(name for name in outputs if name not in seeded)
     if not reverse_outputs:
@@ -65,7 +65,7 @@ def split_seeded(model: onnx.ModelProto, outputs: Sequence[str]) -> SeededSplit:
     reverse_nodes, saved = _reverse_part(pruned, shapes, seeded, set(forward_outputs))
     forward = keep_outputs(pruned, [*forward_outputs, *saved])
     _drop_inputs(forward, {SEED})
-    _set_outputs(forward, [*forward_outputs, *saved], shapes)
+    _set_outputs(forward, [*forward_outputs, *saved], shapes, list(forward.graph.output))
     reverse = _subgraph(pruned, reverse_nodes, saved, reverse_outputs, shapes)
     return SeededSplit(forward=forward, reverse=reverse, saved=tuple(saved), forward_outputs=forward_outputs,
                        reverse_outputs=reverse_outputs)
@@ -87,7 +87,8 @@ def _reverse_part(model: onnx.ModelProto, shapes: GraphBuilder, seeded: set[str]
     producers = {out: node for node in graph.node for out in node.output if out}
     position = {id(node): index for index, node in enumerate(graph.node)}
     constant = {tensor.name for tensor in graph.initializer} | {SEED}
-    image_dependent = _image_dependent(graph)
+    image_dependent = descendants(graph.node, [value.name for value in graph.input
+                                               if value.name not in constant])
     in_reverse = {id(node) for node in graph.node if any(out in seeded for out in node.output)}
     produced: set[str] = set()
     saved: dict[str, None] = {}  # ordered
@@ -97,7 +98,7 @@ def _reverse_part(model: onnx.ModelProto, shapes: GraphBuilder, seeded: set[str]
         produced.update(out for out in node.output if out)
         for out in node.output:
             saved.pop(out, None)
-        for name in _reads(node):
+        for name in reads(node):
             if name not in produced and name not in constant:
                 saved.setdefault(name)
 
@@ -131,7 +132,7 @@ def _reverse_part(model: onnx.ModelProto, shapes: GraphBuilder, seeded: set[str]
                 cost += bytes_saved(tensor) if tensor in batch_leading else float("inf")
                 continue
             nodes.append(node)
-            pending.extend((read, steps + 1) for read in _reads(node))
+            pending.extend((read, steps + 1) for read in reads(node))
         return nodes, cost
 
     def cheaper_recomputed(name: str) -> list[onnx.NodeProto]:
@@ -157,40 +158,6 @@ def _reverse_part(model: onnx.ModelProto, shapes: GraphBuilder, seeded: set[str]
     return [node for node in graph.node if id(node) in in_reverse], list(saved)
 
 
-def _image_dependent(graph: onnx.GraphProto) -> set[str]:
-    """Tensors computed from a graph input other than the seed."""
-    initializers = {tensor.name for tensor in graph.initializer}
-    dependent = {value.name for value in graph.input if value.name not in initializers and value.name != SEED}
-    for node in graph.node:
-        if any(name in dependent for name in _reads(node)):
-            dependent.update(out for out in node.output if out)
-    return dependent
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """The tensors a node reads, outer-scope names of its subgraphs included."""
-    names = [name for name in node.input if name]
-    for attribute in node.attribute:
-        for graph in [attribute.g] + list(attribute.graphs):
-            names += [name for inner in graph.node for name in inner.input if name]
-    return names
-
-
-def _ordered(names: Iterable[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for name in names:
-        seen.setdefault(name)
-    return list(seen)
-
-
-def _seeded_tensors(graph: onnx.GraphProto) -> set[str]:
-    seeded = {SEED}
-    for node in graph.node:
-        if any(name in seeded for name in _reads(node)):
-            seeded.update(out for out in node.output if out)
-    return seeded
-
-
 def _drop_inputs(model: onnx.ModelProto, names: set[str]) -> None:
     for value in [value for value in model.graph.input if value.name in names]:
         model.graph.input.remove(value)
@@ -206,8 +173,10 @@ def _value_info(name: str, builder: GraphBuilder) -> onnx.ValueInfoProto:
     return onnx.helper.make_tensor_value_info(name, builder.dtypes[name], dims)
 
 
-def _set_outputs(model: onnx.ModelProto, names: Sequence[str], builder: GraphBuilder) -> None:
-    known = {value.name: value for value in model.graph.output}
+def _set_outputs(model: onnx.ModelProto, names: Sequence[str], builder: GraphBuilder,
+                 declared: Sequence[onnx.ValueInfoProto]) -> None:
+    """model's outputs: names, with their declarations where declared has them."""
+    known = {value.name: value for value in declared}
     del model.graph.output[:]
     model.graph.output.extend(known.get(name) or _value_info(name, builder) for name in names)
 
@@ -218,14 +187,11 @@ def _subgraph(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: Seque
     sub = keep_outputs(model, [])
     graph = sub.graph
     graph.node.extend(nodes)
-    read = {name for node in nodes for name in _reads(node)}
+    read = {name for node in nodes for name in reads(node)}
     graph.initializer.extend(tensor for tensor in model.graph.initializer if tensor.name in read)
     del graph.input[:]
     seed = [value for value in model.graph.input if value.name == SEED]
     graph.input.extend([*seed, *(_value_info(name, builder) for name in inputs)])
-    _set_outputs(sub, outputs, builder)
-    for value in model.graph.output:  # the original declarations where the outputs had them
-        if value.name in outputs:
-            graph.output[list(outputs).index(value.name)].CopyFrom(value)
+    _set_outputs(sub, outputs, builder, model.graph.output)
     graph.value_info.extend(v for v in model.graph.value_info if v.name in read)
     return sub

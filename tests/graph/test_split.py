@@ -17,7 +17,7 @@ from onnx_gradcam import Explainer, augment
 from onnx_gradcam import explainer as explainer_module
 from onnx_gradcam.graph.augment import ACTIVATION, GRADIENT, LOGITS, SCORE, SEED
 from onnx_gradcam.graph.split import split_seeded
-from onnx_gradcam.targets import Segmentation
+from onnx_gradcam.targets import Segmentation, seeds_for
 from tests.export_helpers import export
 from tests.graph.test_seed import Segmenter, run
 
@@ -196,3 +196,23 @@ def test_a_saved_value_without_a_row_per_image_drops_the_split(seeded_segmenter)
     assert explainer.split_sessions(["anything"]) is None  # dropped for good
     assert (expected.heatmaps.max(axis=(1, 2)) > 0.5).all()
     np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-6)
+
+
+def test_methods_with_passes_of_their_own_explain_the_found_rows_with_their_seeds():
+    torch.manual_seed(0)
+    model = augment(export(Segmenter().eval(), (1, 3, 16, 16)), target="auto", seed=True, input_gradient=True)
+    explainer = Explainer(model, batch_size=2)
+    images = random_images(3, 16, 16)
+    logits = explainer.predict(images)
+    index = np.array([2, 0, 0, 1])
+    seeds = seeds_for([Segmentation(0), Segmentation(0), Segmentation(2), Segmentation(2)], logits[index])
+
+    def find(start, score):
+        rows = np.flatnonzero((index >= start) & (index < start + len(score)))
+        return index[rows] - start, lambda part: seeds[rows][part]
+
+    found = explainer.explain_found(images, find, method="saliency")
+    expected = explainer.explain(images[index], seed=seeds, method="saliency")
+    assert np.abs(expected.heatmaps).max() > 0
+    np.testing.assert_allclose(found["heatmaps"], expected.heatmaps[np.argsort(index, kind="stable")], atol=1e-6)
+    np.testing.assert_allclose(found["scores"], expected.scores[np.argsort(index, kind="stable")], rtol=1e-6)
